@@ -73,3 +73,9 @@ def load_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
         raise ArtifactError(f"{str(path)!r} is not a readable safetensors file ({e})") from e
+
+
+def cache_dir(*parts: str) -> Path:
+    """``$MAP_CACHE_DIR/<parts>``, else ``~/.cache/map_plugin/<parts>`` (not created)."""
+    root = os.environ.get("MAP_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "map_plugin")
+    return Path(root, *parts)

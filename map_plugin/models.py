@@ -16,26 +16,23 @@ __all__ = ["SmallCNN", "create_model", "is_known_model"]
 
 
 class SmallCNN(nn.Module):
-    """Three Conv-BN-ReLU blocks (two convs each, max-pooled), global pooling and a linear head.
+    """Four Conv-BN-ReLU blocks, each halving the resolution, global pooling and a linear head.
 
-    About 290k parameters at the default width; trains to 99% on ``digits`` in under a minute on a CPU.
+    About 240k parameters and 13 MMACs per 32x32 image at the default widths: small enough to train
+    and mask on a laptop CPU in seconds, deep enough to carry transferable features.
 
     Args:
         num_classes: size of the output layer.
         in_chans: input channels.
-        width: channels of the first block (doubled at each block).
+        widths: output channels of the four blocks.
     """
 
-    def __init__(self, num_classes: int = 10, in_chans: int = 3, width: int = 32):
+    def __init__(self, num_classes: int = 10, in_chans: int = 3, widths: tuple[int, ...] = (32, 64, 128, 128)):
         super().__init__()
         layers, c_in = [], in_chans
-        for i in range(3):
-            c_out = width * 2**i
+        for c_out in widths:
             layers += [
                 nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
-                nn.BatchNorm2d(c_out),
-                nn.ReLU(inplace=True),
-                nn.Conv2d(c_out, c_out, 3, padding=1, bias=False),
                 nn.BatchNorm2d(c_out),
                 nn.ReLU(inplace=True),
                 nn.MaxPool2d(2),

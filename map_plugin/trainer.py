@@ -1,0 +1,313 @@
+"""The mask-training loop, on Accelerate; every MAP scenario shares it.
+
+``train_masks`` takes a model that already carries masks (``attach_masks``), a source dataset
+(real, or pseudo-source) and a target dataset, and trains only the mask scores with Adam:
+
+``L = keep(masked(x_s), original(x_s), y_s) - lam * suppress(masked(x_t), y_t) [+ budget_weight * budget]``
+
+``original`` is the same model with its masks disabled, so no second copy is held. Batches are
+drawn by a stateless sampler (a fresh permutation per epoch, seeded by ``seed`` and the epoch,
+sharded by rank), so a resumed run continues with exactly the batches an uninterrupted one would see.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from torch.utils.data._utils.collate import default_collate
+from tqdm.auto import tqdm
+
+from .errors import ConfigError, DomainMismatchError, MaskStateError
+from .losses import budget_loss, keep_loss, kept_fraction, suppress_loss
+from .masks import is_masked, mask_parameters, masks_disabled
+
+__all__ = ["TrainConfig", "TrainResult", "evaluate_accuracy", "make_eval_loader", "step_batches", "train_masks"]
+
+_logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    """Mask-training settings (defaults are this project's, see docs/method.md).
+
+    Attributes:
+        steps: optimisation steps.
+        lr: Adam learning rate on the mask scores. Scores start at 1.0 and flip below 0.5, so a
+            score needs about 0.5 / lr = 50 steps of consistent push to prune its weight.
+        batch_size: source and target samples per step and per process (64 + 64).
+        lam: weight of the suppress term.
+        beta: per-sample clamp of the target cross-entropy.
+        temperature: temperature of the keep KL.
+        ce_weight: weight of the cross-entropy on source labels (when the source is labelled).
+        budget_weight: weight of the budget term (0 disables it).
+        budget_kept: kept fraction the budget term pushes towards (only with ``budget_weight > 0``).
+        target_labels: ``"pseudo"`` (the original model's predictions: target is unlabelled) or ``"true"``.
+        source_labels: use the source labels in the keep term (False: KL only).
+        eval_every: evaluate the eval datasets every this many steps (0: only before and after).
+        checkpoint_every: save a resumable checkpoint every this many steps (0: never).
+        seed: seed of the batch sampler and of everything else random.
+    """
+
+    steps: int = 300
+    lr: float = 1e-2
+    batch_size: int = 64
+    lam: float = 0.3
+    beta: float = 5.0
+    temperature: float = 1.0
+    ce_weight: float = 1.0
+    budget_weight: float = 0.0
+    budget_kept: float = 1.0
+    target_labels: str = "pseudo"
+    source_labels: bool = True
+    eval_every: int = 50
+    checkpoint_every: int = 0
+    seed: int = 0
+
+    def __post_init__(self):
+        for name in ("steps", "batch_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"{name}={value!r} must be a positive integer")
+        for name in ("eval_every", "checkpoint_every", "seed"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ConfigError(f"{name}={value!r} must be a non-negative integer")
+        for name in ("lr", "beta", "temperature"):
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+                raise ConfigError(f"{name}={value!r} must be a positive number")
+        for name in ("lam", "ce_weight", "budget_weight"):
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
+                raise ConfigError(f"{name}={value!r} must be a non-negative number")
+        if not 0.0 <= self.budget_kept <= 1.0:
+            raise ConfigError(f"budget_kept={self.budget_kept!r} must be a fraction in [0, 1]")
+        if self.target_labels not in ("pseudo", "true"):
+            raise ConfigError(f"target_labels={self.target_labels!r}; expected 'pseudo' or 'true'")
+
+
+@dataclass
+class TrainResult:
+    """What ``train_masks`` returns: the history of evaluations and losses, and timings."""
+
+    history: list[dict] = field(default_factory=list)
+    steps: int = 0
+    wall_time_s: float = 0.0
+    kept_fraction: float = 1.0
+
+
+class _TrainState:
+    """Step counter and history; registered with Accelerate so ``save_state`` checkpoints them."""
+
+    def __init__(self):
+        self.step = 0
+        self.history: list[dict] = []
+
+    def state_dict(self) -> dict:
+        return {"step": self.step, "history": self.history}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step, self.history = int(state["step"]), list(state["history"])
+
+
+def step_batches(
+    dataset: Dataset, batch_size: int, seed: int, rank: int = 0, world_size: int = 1, start_step: int = 0
+) -> Iterator:
+    """Yield collated batches forever, starting at ``start_step``, from per-epoch seeded permutations.
+
+    Each epoch's permutation depends only on ``(seed, epoch)``; rank ``r`` of ``world_size`` takes
+    positions ``r::world_size`` of it. Batch ``s`` of a rank is therefore a pure function of ``s``.
+    """
+    n = len(dataset)
+    per_rank = n // world_size
+    if per_rank < 1:
+        raise ConfigError(f"dataset of {n} samples is too small for {world_size} processes")
+    batches_per_epoch = max(1, per_rank // batch_size) if per_rank >= batch_size else 1
+    bs = min(batch_size, per_rank)
+    epoch, offset = divmod(start_step, batches_per_epoch)
+    while True:
+        g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+        shard = torch.randperm(n, generator=g)[rank::world_size][:per_rank]
+        for b in range(offset, batches_per_epoch):
+            yield default_collate([dataset[int(i)] for i in shard[b * bs : (b + 1) * bs]])
+        epoch, offset = epoch + 1, 0
+
+
+def make_eval_loader(dataset: Dataset, batch_size: int = 256) -> DataLoader:
+    """An ordered, non-dropping loader for evaluation."""
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False)
+
+
+@torch.no_grad()
+def evaluate_accuracy(model: nn.Module, loader: DataLoader, accelerator=None) -> float:
+    """Top-1 accuracy of ``model`` over ``loader`` (gathered over processes when ``accelerator`` is given)."""
+    was_training = model.training
+    model.eval()
+    correct, total = 0, 0
+    for x, y in loader:
+        pred = model(x).argmax(1)
+        if accelerator is not None:
+            pred, y = accelerator.gather_for_metrics((pred, y))
+        correct += int((pred == y).sum())
+        total += y.numel()
+    model.train(was_training)
+    if total == 0:
+        raise ConfigError("evaluation loader is empty")
+    return correct / total
+
+
+def check_compatible(model: nn.Module, dataset: Dataset, num_classes: int, argument: str) -> None:
+    """Raise before any training when ``dataset``'s images or class count do not fit ``model``.
+
+    Raises:
+        DomainMismatchError: channel count, or class count, differs from the model's.
+    """
+    x, _ = dataset[0]
+    expected = _in_chans(model)
+    if x.dim() != 3 or (expected is not None and x.shape[0] != expected):
+        raise DomainMismatchError(
+            f"{argument}: images of shape {tuple(x.shape)}, but the model expects {expected} input channels "
+            "([C, H, W] images)"
+        )
+    with torch.no_grad(), masks_disabled(model):
+        was_training = model.training
+        model.eval()
+        out = model(x.unsqueeze(0))
+        model.train(was_training)
+    if out.shape[-1] != num_classes:
+        raise DomainMismatchError(
+            f"{argument}: the domain has {num_classes} classes but the model outputs {out.shape[-1]}; "
+            "use a model trained on this label space"
+        )
+
+
+def _in_chans(model: nn.Module) -> int | None:
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d | nn.Linear):
+            return m.in_channels if isinstance(m, nn.Conv2d) else None
+    return None
+
+
+def train_masks(
+    model: nn.Module,
+    source: Dataset,
+    target: Dataset,
+    config: TrainConfig | None = None,
+    accelerator=None,
+    eval_sets: Mapping[str, Dataset] | None = None,
+    progress: bool = True,
+    resume: bool = False,
+) -> TrainResult:
+    """Train the masks of ``model`` to keep ``source`` behaviour and suppress ``target``, in place.
+
+    Args:
+        model: a model carrying MAP masks (see ``attach_masks``).
+        source: dataset of ``(image, label)``: real or pseudo-source.
+        target: dataset of ``(image, label)``; labels are read only with ``target_labels="true"``.
+        config: training settings.
+        accelerator: an ``accelerate.Accelerator``; a CPU/GPU default is made when None. Give it a
+            ``ProjectConfiguration(project_dir=..., automatic_checkpoint_naming=True)`` to checkpoint.
+        eval_sets: named datasets evaluated before, every ``eval_every`` steps and after
+            (``{"source": ..., "target": ...}``), recorded in the history as ``acc/<name>``.
+        progress: show a progress bar on the main process.
+        resume: continue from the newest checkpoint in the accelerator's project folder, if any.
+
+    Returns:
+        A ``TrainResult``; the masks of ``model`` hold the trained scores.
+
+    Raises:
+        MaskStateError: ``model`` carries no masks.
+        ConfigError: bad ``config``, or checkpointing asked without a project folder.
+    """
+    from accelerate import Accelerator
+
+    config = config or TrainConfig()
+    if not is_masked(model):
+        raise MaskStateError("train_masks needs a masked model; call attach_masks(model, config) first")
+    accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
+    project_dir = accelerator.project_configuration.project_dir
+    if (config.checkpoint_every or resume) and project_dir is None:
+        raise ConfigError(
+            "checkpoint_every/resume need Accelerator(project_config=ProjectConfiguration(project_dir=..., "
+            "automatic_checkpoint_naming=True))"
+        )
+    torch.manual_seed(config.seed)
+    model.eval()  # BatchNorm statistics and dropout stay frozen for the whole run
+    optimizer = torch.optim.Adam(mask_parameters(model), lr=config.lr)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    raw = accelerator.unwrap_model(model)
+    eval_loaders = {k: accelerator.prepare(make_eval_loader(v)) for k, v in (eval_sets or {}).items()}
+    state = _TrainState()
+    accelerator.register_for_checkpointing(state)
+    checkpoints = os.path.join(project_dir, "checkpoints") if project_dir else None
+    if resume and checkpoints and os.path.isdir(checkpoints) and os.listdir(checkpoints):
+        accelerator.load_state()
+        _logger.info("resumed mask training at step %d from %s", state.step, checkpoints)
+
+    def evaluate(step: int) -> None:
+        if any(h.get("step") == step and "acc/" + k in h for h in state.history for k in eval_loaders):
+            return
+        row = {"step": step} | {f"acc/{k}": evaluate_accuracy(model, v, accelerator) for k, v in eval_loaders.items()}
+        state.history.append(row)
+
+    rank, world = accelerator.process_index, accelerator.num_processes
+    src = step_batches(source, config.batch_size, config.seed, rank, world, state.step)
+    tgt = step_batches(target, config.batch_size, config.seed + 1, rank, world, state.step)
+    if state.step == 0:
+        evaluate(0)
+    start = time.perf_counter()
+    bar = tqdm(
+        total=config.steps,
+        initial=state.step,
+        desc="mask training",
+        disable=not (progress and accelerator.is_local_main_process),
+    )
+    while state.step < config.steps:
+        (xs, ys), (xt, yt) = next(src), next(tgt)
+        xs, ys, xt, yt = (t.to(accelerator.device) for t in (xs, ys, xt, yt))
+        x = torch.cat([xs, xt])
+        with torch.no_grad(), masks_disabled(raw):
+            original = raw(x)
+        logits = model(x)
+        out_s, out_t = logits[: len(xs)], logits[len(xs) :]
+        if config.target_labels == "pseudo":
+            yt = original[len(xs) :].argmax(1)
+        keep = keep_loss(
+            out_s, original[: len(xs)], ys if config.source_labels else None, config.temperature, config.ce_weight
+        )
+        suppress = suppress_loss(out_t, yt, config.beta)
+        loss = keep - config.lam * suppress
+        if config.budget_weight > 0:
+            loss = loss + config.budget_weight * budget_loss(raw, config.budget_kept)
+        accelerator.backward(loss)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        state.step += 1
+        bar.update(1)
+        if state.step % 10 == 0 or state.step == config.steps:
+            bar.set_postfix(keep=f"{keep.item():.3f}", suppress=f"{suppress.item():.3f}")
+            state.history.append({"step": state.step, "keep": keep.item(), "suppress": suppress.item()})
+        if config.eval_every and state.step % config.eval_every == 0:
+            evaluate(state.step)
+        if config.checkpoint_every and state.step % config.checkpoint_every == 0:
+            accelerator.save_state()
+    bar.close()
+    evaluate(state.step)
+    with torch.no_grad():
+        kept = kept_fraction(raw).item()
+    return TrainResult(
+        history=state.history, steps=state.step, wall_time_s=time.perf_counter() - start, kept_fraction=kept
+    )
+
+
+def config_dict(config) -> dict:
+    """A config dataclass as a plain dict (for config.json and report.json)."""
+    return asdict(config)
