@@ -117,7 +117,7 @@ def test_channel_granularity_has_one_score_per_output_channel():
 def test_exclude_and_classifier_options():
     model = attach_masks(_model("small_cnn"), MaskConfig(include_classifier=False, exclude=["features.0"]))
     names = set(mask_state_dict(model))
-    assert "fc.weight" not in names and "features.0.weight" not in names and "features.3.weight" in names
+    assert "fc.weight" not in names and "features.0.weight" not in names and "features.4.weight" in names
 
 
 def test_mask_state_dict_round_trip_and_strictness():
