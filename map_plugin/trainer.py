@@ -250,6 +250,9 @@ def train_masks(
     checkpoints = os.path.join(project_dir, "checkpoints") if project_dir else None
     if resume and checkpoints and os.path.isdir(checkpoints) and os.listdir(checkpoints):
         accelerator.load_state()
+        # Accelerate does not advance its checkpoint counter on load; continue after the newest one.
+        newest = max(int(name.rsplit("_", 1)[-1]) for name in os.listdir(checkpoints) if name[-1].isdigit())
+        accelerator.project_configuration.iteration = newest + 1
         _logger.info("resumed mask training at step %d from %s", state.step, checkpoints)
 
     def evaluate(step: int) -> None:

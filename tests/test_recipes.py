@@ -1,0 +1,163 @@
+"""Recipes end to end through the real launcher, and their bad-input errors (raised before any write)."""
+
+from __future__ import annotations
+
+import json
+import os
+import runpy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from map_plugin.hub import save_model
+from map_plugin.models import create_model
+
+ROOT = Path(__file__).resolve().parents[1]
+REPORT_KEYS = {
+    "scenario", "model", "granularity", "seed", "steps", "world_size", "source", "targets", "source_drop",
+    "target_drop", "st_d", "kept_fraction", "kept_per_layer", "macs", "params", "wall_time_s", "versions", "config",
+}  # fmt: skip
+
+
+def _recipe(name: str):
+    return runpy.run_path(str(ROOT / "recipes" / f"{name}.py"))["main"]
+
+
+def _launch(args: list[str], tmp_path: Path, processes: int = 1) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "OMP_NUM_THREADS": "1"}
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--num_machines", "1", "--mixed_precision", "no"]
+    launcher += ["--dynamo_backend", "no", "--num_processes", str(processes)]
+    if processes > 1:
+        launcher += ["--multi_gpu", "--main_process_port", "29517"]
+    return subprocess.run(launcher + args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture
+def small_model(tmp_path):
+    """Save an untrained small CNN with ``num_classes`` classes and ``in_chans`` channels; returns the folder."""
+
+    def make(num_classes: int = 10, in_chans: int = 3) -> str:
+        folder = tmp_path / f"model-{num_classes}-{in_chans}"
+        model = create_model("small_cnn", num_classes=num_classes, in_chans=in_chans)
+        save_model(
+            model,
+            folder,
+            {"architecture": "small_cnn", "num_classes": num_classes, "in_chans": in_chans, "img_size": 32},
+        )
+        return str(folder)
+
+    return make
+
+
+def test_source_available_through_accelerate_launch(tmp_path, trained_digits_model):
+    out = tmp_path / "run"
+    args = ["recipes/source_available.py", "--source-model", trained_digits_model[0], "--steps", "4"]
+    proc = _launch(args + ["--eval-every", "2", "--output-dir", str(out), "--no-progress"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    assert REPORT_KEYS <= report.keys()
+    assert report["scenario"] == "source_available" and report["steps"] == 4 and report["world_size"] == 1
+    assert report["source"]["domain"] == "digits" and report["targets"][0]["domain"] == "digits-m"
+    assert report["source"]["before"] >= 0.9
+    for name in ("report.md", "curves.png", "model/model.safetensors", "model/config.json"):
+        assert (out / name).is_file(), name
+    assert "| digits-m | target |" in proc.stdout and "ST-D" in proc.stdout
+
+
+def test_two_process_run_trains_one_shared_mask(tmp_path, trained_digits_model):
+    out = tmp_path / "run"
+    args = ["recipes/source_available.py", "--cpu", "--source-model", trained_digits_model[0], "--steps", "3"]
+    proc = _launch(args + ["--eval-every", "0", "--output-dir", str(out), "--no-progress"], tmp_path, processes=2)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["world_size"] == 2
+    assert proc.stdout.count("### source_available") == 1, "only the main process prints the table"
+
+
+def test_exported_model_holds_zeros_where_pruned_and_reloads_strictly(tmp_path, trained_digits_model):
+    from map_plugin.hub import load_model
+
+    out = tmp_path / "run"
+    report = _recipe("source_available")(
+        [
+            "--source-model",
+            trained_digits_model[0],
+            "--steps",
+            "6",
+            "--lr",
+            "0.2",
+            "--output-dir",
+            str(out),
+            "--no-progress",
+        ]
+    )
+    assert report["kept_fraction"] < 1.0
+    protected, config = load_model(out / "model")
+    original, _ = load_model(trained_digits_model[0])
+    assert config["map"]["scenario"] == "source_available"
+    pruned = 0
+    for (name, p), q in zip(protected.named_parameters(), original.parameters(), strict=True):
+        changed = p != q
+        assert torch.all(p[changed] == 0), f"{name}: a changed weight is not zero"
+        pruned += int(changed.sum())
+    assert pruned > 0
+    assert report["params"]["nonzero_after"] < report["params"]["before"]
+
+
+@pytest.mark.parametrize(
+    "args, error, match",
+    [
+        # domains
+        (["--source", "digitz"], ValueError, "digitz"),
+        (["--target", "digits"], ValueError, "same domain"),
+        (["--target", "digits:inv", "--source", "digits:inv"], ValueError, "same domain"),
+        # mask and training settings
+        (["--threshold", "0"], ValueError, "threshold=0.0"),
+        (["--threshold", "1.5"], ValueError, "threshold=1.5"),
+        (["--steps", "0"], ValueError, "steps=0"),
+        (["--steps", "-3"], ValueError, "steps=-3"),
+        (["--model", "resnet_does_not_exist"], ValueError, "resnet_does_not_exist"),
+    ],
+)
+def test_bad_arguments_raise_before_anything_is_written(tmp_path, args, error, match):
+    out = tmp_path / "run"
+    with pytest.raises(error, match=match):
+        _recipe("source_available")(args + ["--output-dir", str(out), "--no-progress"])
+    assert not out.exists()
+
+
+def test_output_dir_that_is_a_file_is_refused(tmp_path):
+    out = tmp_path / "file.txt"
+    out.write_text("keep me")
+    with pytest.raises(ValueError, match="is a file"):
+        _recipe("source_available")(["--output-dir", str(out), "--no-progress"])
+    assert out.read_text() == "keep me"
+
+
+@pytest.mark.parametrize(
+    "case", ["missing", "corrupted-weights", "corrupted-config", "wrong-classes", "wrong-channels"]
+)
+def test_bad_source_model_is_refused_before_training(tmp_path, small_model, case):
+    folder = Path(
+        small_model(num_classes=7 if case == "wrong-classes" else 10, in_chans=1 if case == "wrong-channels" else 3)
+    )
+    if case == "missing":
+        folder = tmp_path / "nowhere"
+    elif case == "corrupted-weights":
+        (folder / "model.safetensors").write_bytes(b"\x00garbage" * 10)
+    elif case == "corrupted-config":
+        (folder / "config.json").write_text("{not json")
+    match = {
+        "missing": "does not exist",
+        "corrupted-weights": "not a readable safetensors",
+        "corrupted-config": "not valid JSON",
+        "wrong-classes": "10 classes but the model outputs 7",
+        "wrong-channels": "expects 1 input channels",
+    }[case]
+    out = tmp_path / "run"
+    with pytest.raises(ValueError, match=match):
+        _recipe("source_available")(["--source-model", str(folder), "--output-dir", str(out), "--no-progress"])
+    assert not out.exists()

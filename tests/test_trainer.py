@@ -1,0 +1,131 @@
+"""Mask training: losses, accuracies moving the right way, determinism, resume, bad configs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from accelerate import Accelerator
+from accelerate.utils import ProjectConfiguration
+
+from map_plugin.errors import ConfigError, MaskStateError
+from map_plugin.hub import load_model
+from map_plugin.losses import budget_loss, keep_loss, kept_fraction, suppress_loss
+from map_plugin.masks import attach_masks, binary_masks, mask_state_dict
+from map_plugin.trainer import TrainConfig, evaluate_accuracy, make_eval_loader, step_batches, train_masks
+
+
+def test_keep_loss_is_zero_for_identical_logits_and_adds_ce_with_labels():
+    logits = torch.randn(8, 10)
+    labels = torch.randint(0, 10, (8,))
+    assert keep_loss(logits, logits).item() == pytest.approx(0.0, abs=1e-6)
+    ce = torch.nn.functional.cross_entropy(logits, labels).item()
+    assert keep_loss(logits, logits, labels, ce_weight=0.5).item() == pytest.approx(0.5 * ce, rel=1e-5)
+
+
+def test_suppress_loss_clamps_each_sample_at_beta():
+    logits = torch.tensor([[10.0, -10.0], [0.0, 0.0]])
+    labels = torch.tensor([1, 0])  # first sample: CE = 20, clamped to 5; second: ln 2
+    assert suppress_loss(logits, labels, beta=5.0).item() == pytest.approx((5.0 + 0.6931) / 2, rel=1e-3)
+
+
+def test_budget_term_counts_weights_and_vanishes_under_budget():
+    from map_plugin.models import create_model
+
+    model = attach_masks(create_model("small_cnn"))
+    assert kept_fraction(model).item() == 1.0
+    assert budget_loss(model, 0.9).item() == pytest.approx(0.1)
+    assert budget_loss(model, 1.0).item() == 0.0
+
+
+def test_step_batches_are_a_pure_function_of_the_step(digits):
+    full = step_batches(digits.train, 32, seed=3)
+    batches = [next(full) for _ in range(50)]  # crosses an epoch boundary (44 batches per epoch)
+    resumed = step_batches(digits.train, 32, seed=3, start_step=47)
+    assert torch.equal(next(resumed)[0], batches[47][0])
+    ranks = [next(step_batches(digits.train, 32, seed=3, rank=r, world_size=2))[1] for r in (0, 1)]
+    assert not torch.equal(ranks[0], ranks[1])
+
+
+def test_mask_training_keeps_source_and_suppresses_target(trained_digits_model, digits, digits_m):
+    model, _ = load_model(trained_digits_model[0])
+    src_before = evaluate_accuracy(model, make_eval_loader(digits.test))
+    tgt_before = evaluate_accuracy(model, make_eval_loader(digits_m.test))
+    attach_masks(model)
+    config = TrainConfig(steps=80, lr=0.05, eval_every=0)
+    result = train_masks(model, digits.train, digits_m.train, config, eval_sets={"s": digits.test, "t": digits_m.test})
+    src_after, tgt_after = result.history[-1]["acc/s"], result.history[-1]["acc/t"]
+    assert result.history[0]["acc/s"] == pytest.approx(src_before) and result.history[0]["acc/t"] == pytest.approx(
+        tgt_before
+    )
+    assert src_before - src_after <= 0.03, f"source fell from {src_before} to {src_after}"
+    assert tgt_after <= tgt_before - 0.15, f"target only fell from {tgt_before} to {tgt_after}"
+    assert result.kept_fraction < 1.0
+    for fqn, mask in binary_masks(model).items():
+        assert mask.dtype == torch.bool, fqn
+
+
+def test_same_seed_gives_the_same_mask(trained_digits_model, digits, digits_m):
+    masks = []
+    for _ in range(2):
+        model = attach_masks(load_model(trained_digits_model[0])[0])
+        train_masks(model, digits.train, digits_m.train, TrainConfig(steps=8, lr=0.2, eval_every=0), progress=False)
+        masks.append(mask_state_dict(model))
+    assert masks[0].keys() == masks[1].keys()
+    assert all(torch.equal(masks[0][k], masks[1][k]) for k in masks[0])
+    assert any(not torch.all(v > 0.5) for v in masks[0].values()), "lr 0.2 for 8 steps should prune something"
+
+
+def test_resumed_training_equals_uninterrupted_training(tmp_path, trained_digits_model, digits, digits_m):
+    def run(steps: int, folder, resume: bool):
+        accelerator = Accelerator(
+            cpu=True, project_config=ProjectConfiguration(project_dir=str(folder), automatic_checkpoint_naming=True)
+        )
+        model = attach_masks(load_model(trained_digits_model[0])[0])
+        config = TrainConfig(steps=steps, lr=0.1, eval_every=0, checkpoint_every=4)
+        result = train_masks(model, digits.train, digits_m.train, config, accelerator, progress=False, resume=resume)
+        return mask_state_dict(model), result
+
+    straight, _ = run(8, tmp_path / "a", resume=False)
+    run(4, tmp_path / "b", resume=False)
+    assert (tmp_path / "b" / "checkpoints").is_dir()
+    resumed, result = run(8, tmp_path / "b", resume=True)
+    assert result.steps == 8
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+
+
+def test_train_masks_refuses_an_unmasked_model(digits):
+    from map_plugin.models import create_model
+
+    with pytest.raises(MaskStateError, match="attach_masks"):
+        train_masks(create_model("small_cnn"), digits.train, digits.train, TrainConfig(steps=1))
+
+
+def test_checkpointing_without_a_project_folder_is_refused(digits):
+    from map_plugin.models import create_model
+
+    model = attach_masks(create_model("small_cnn"))
+    with pytest.raises(ConfigError, match="ProjectConfiguration"):
+        train_masks(model, digits.train, digits.train, TrainConfig(steps=1, checkpoint_every=1), Accelerator(cpu=True))
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        # counts
+        ({"steps": 0}, "steps=0"),
+        ({"steps": -5}, "steps=-5"),
+        ({"batch_size": 0}, "batch_size=0"),
+        ({"eval_every": -1}, "eval_every=-1"),
+        # rates and weights
+        ({"lr": 0.0}, "lr=0.0"),
+        ({"lr": float("nan")}, "lr=nan"),
+        ({"beta": -1.0}, "beta=-1.0"),
+        ({"lam": -0.1}, "lam=-0.1"),
+        ({"budget_kept": 1.5}, "budget_kept=1.5"),
+        # choices
+        ({"target_labels": "gold"}, "target_labels='gold'"),
+    ],
+)
+def test_bad_train_config_raises(kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        TrainConfig(**kwargs)
