@@ -17,7 +17,7 @@ from torch.utils.data import Subset
 from map_plugin.errors import ArtifactError, ConfigError, MaskStateError, UnknownNameError
 from map_plugin.masks import MASK_PARAM_NAME, MaskConfig, attach_masks, bake_masks, mask_parameters
 from map_plugin.models import create_model
-from map_plugin.pruner import MAPPruner, count_macs_params, load_pruned, save_pruned
+from map_plugin.pruner import MAPPruner, count_macs_params, load_pruned, protect_and_compress, save_pruned
 from map_plugin.registry import get_pruner, is_pruner, list_pruners, register_pruner
 from map_plugin.trainer import TrainConfig
 
@@ -35,7 +35,7 @@ ZOO = [
 ]
 ROOT = Path(__file__).resolve().parents[1]
 X1 = torch.zeros(1, 3, 32, 32)
-TWO_STEPS = TrainConfig(steps=2, batch_size=16, lr=0.05, eval_every=0)
+TWO_STEPS = TrainConfig(steps=2, batch_size=8, lr=0.05, eval_every=0)
 
 
 @pytest.fixture(scope="module")
@@ -306,6 +306,38 @@ def test_pruned_protected_export_has_zeroed_weights(tmp_path):
     reloaded = load_pruned(tmp_path)
     zeros = sum(int((p == 0).sum()) for p in reloaded.parameters())
     assert zeros > 0.3 * sum(p.numel() for n, p in reloaded.named_parameters() if "weight" in n and p.dim() > 1)
+
+
+# ------------------------------------------------------------------------- protect + compress
+@pytest.mark.parametrize("order", ["compress_first", "protect_first"])
+def test_protect_and_compress_meets_macs_budget(order, domains, tmp_path):
+    model = _with_bn_statistics(create_model("small_cnn", num_classes=10))
+    model, info = protect_and_compress(
+        model, X1, *domains, train_config=TWO_STEPS, macs_reduction=0.3, structure_rounds=2, order=order, progress=False
+    )
+    assert info["macs"]["after"] <= 0.7 * info["macs"]["before"], info["macs"]
+    assert info["params"]["after"] < info["params"]["before"]
+    assert info["macs_reduction"] >= 0.3 and 0.0 < info["kept_fraction"] <= 1.0
+    assert _plain(model) and not any(p.requires_grad for p in model.parameters())
+    save_pruned(model, info["pruning_history"], tmp_path, {"model": "small_cnn", "num_classes": 10})
+    x = torch.rand(2, 3, 32, 32)
+    assert torch.equal(load_pruned(tmp_path)(x), model(x))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"macs_reduction": 1.0}, "macs_reduction=1.0"),
+        ({"order": "both"}, "order='both'"),
+        ({"structure_rounds": 0}, "structure_rounds=0"),
+        ({"train_config": {"steps": 2}}, "train_config must be a TrainConfig"),
+    ],
+)
+def test_protect_and_compress_rejects_bad_arguments(kwargs, match, domains):
+    model = create_model("small_cnn", num_classes=10)
+    with pytest.raises(ConfigError, match=match):
+        protect_and_compress(model, X1, *domains, **kwargs)
+    assert _plain(model)
 
 
 # ------------------------------------------------------------------------- the method table
