@@ -161,3 +161,43 @@ def test_bad_source_model_is_refused_before_training(tmp_path, small_model, case
     with pytest.raises(ValueError, match=match):
         _recipe("source_available")(["--source-model", str(folder), "--output-dir", str(out), "--no-progress"])
     assert not out.exists()
+
+
+@pytest.fixture
+def source_behind_glass(trained_digits_model):
+    """A copy of ``digits`` whose train split raises when read: the source-free path must never read it."""
+    from map_plugin.data import ImageTensorDataset, load_domain, register_domain, unregister_domain
+
+    digits_test = load_domain("digits").test
+
+    @register_domain("digits-private", classes=tuple(str(i) for i in range(10)))
+    def _build(split, img_size):
+        if split == "train":
+            raise RuntimeError("the real source training split was read")
+        return ImageTensorDataset(digits_test.images, digits_test.labels)
+
+    yield "digits-private"
+    unregister_domain("digits-private")
+
+
+def test_source_free_never_reads_the_source_training_split(tmp_path, trained_digits_model, source_behind_glass):
+    out = tmp_path / "run"
+    args = ["--source-model", trained_digits_model[0], "--source", source_behind_glass, "--steps", "4"]
+    args += ["--synth-steps", "3", "--synth-samples", "100", "--synth-batch-size", "20"]
+    report = _recipe("source_free")(args + ["--eval-every", "2", "--output-dir", str(out), "--no-progress"])
+    assert report["scenario"] == "source_free" and report["source"]["domain"] == "digits-private"
+    assert report["source"]["before"] >= 0.9, "the source test split was evaluated"
+    assert report["synthesis"]["num_samples"] == 100
+    for name in ("report.json", "report.md", "curves.png", "synthetic_samples.png", "model/model.safetensors"):
+        assert (out / name).is_file(), name
+
+
+def test_source_free_through_accelerate_launch(tmp_path, trained_digits_model):
+    out = tmp_path / "run"
+    args = ["recipes/source_free.py", "--source-model", trained_digits_model[0], "--steps", "3", "--synth-steps", "2"]
+    args += ["--synth-samples", "60", "--synth-batch-size", "20", "--output-dir", str(out), "--no-progress"]
+    proc = _launch(args, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    assert REPORT_KEYS <= report.keys() and report["scenario"] == "source_free"
+    assert "pseudo-source" in proc.stdout and "| digits-m | target |" in proc.stdout
