@@ -32,10 +32,10 @@ def add_mask_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--no-mask-classifier", action="store_true", help="leave the classifier's weight unmasked")
 
 
-def add_training_arguments(parser: argparse.ArgumentParser, steps: int = 300) -> None:
+def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     d = TrainConfig()
     group = parser.add_argument_group("mask training")
-    group.add_argument("--steps", type=int, default=steps, help="mask-training steps")
+    group.add_argument("--steps", type=int, default=d.steps, help="mask-training steps")
     group.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate on the mask scores")
     group.add_argument("--batch-size", type=int, default=d.batch_size, help="source and target samples per step")
     group.add_argument("--lambda", dest="lam", type=float, default=d.lam, help="weight of the suppress term")

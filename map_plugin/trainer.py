@@ -56,7 +56,7 @@ class TrainConfig:
         seed: seed of the batch sampler and of everything else random.
     """
 
-    steps: int = 300
+    steps: int = 400
     lr: float = 1e-2
     batch_size: int = 64
     lam: float = 0.3
@@ -198,7 +198,7 @@ def _in_chans(model: nn.Module) -> int | None:
 
 def train_masks(
     model: nn.Module,
-    source: Dataset,
+    source: Dataset | None,
     target: Dataset,
     config: TrainConfig | None = None,
     accelerator=None,
@@ -210,7 +210,8 @@ def train_masks(
 
     Args:
         model: a model carrying MAP masks (see ``attach_masks``).
-        source: dataset of ``(image, label)``: real or pseudo-source.
+        source: dataset of ``(image, label)``: real or pseudo-source; None trains without a keep term
+            (an ablation: nothing holds the source behaviour in place).
         target: dataset of ``(image, label)``; labels are read only with ``target_labels="true"``.
         config: training settings.
         accelerator: an ``accelerate.Accelerator``; a CPU/GPU default is made when None. Give it a
@@ -262,7 +263,7 @@ def train_masks(
         state.history.append(row)
 
     rank, world = accelerator.process_index, accelerator.num_processes
-    src = step_batches(source, config.batch_size, config.seed, rank, world, state.step)
+    src = step_batches(source, config.batch_size, config.seed, rank, world, state.step) if source is not None else None
     tgt = step_batches(target, config.batch_size, config.seed + 1, rank, world, state.step)
     if state.step == 0:
         evaluate(0)
@@ -274,19 +275,21 @@ def train_masks(
         disable=not (progress and accelerator.is_local_main_process),
     )
     while state.step < config.steps:
-        (xs, ys), (xt, yt) = next(src), next(tgt)
-        xs, ys, xt, yt = (t.to(accelerator.device) for t in (xs, ys, xt, yt))
+        xt, yt = (t.to(accelerator.device) for t in next(tgt))
+        xs, ys = (t.to(accelerator.device) for t in next(src)) if src is not None else (xt[:0], yt[:0])
         x = torch.cat([xs, xt])
         with torch.no_grad(), masks_disabled(raw):
             original = raw(x)
         logits = model(x)
-        out_s, out_t = logits[: len(xs)], logits[len(xs) :]
+        n = len(xs)
         if config.target_labels == "pseudo":
-            yt = original[len(xs) :].argmax(1)
-        keep = keep_loss(
-            out_s, original[: len(xs)], ys if config.source_labels else None, config.temperature, config.ce_weight
-        )
-        suppress = suppress_loss(out_t, yt, config.beta)
+            yt = original[n:].argmax(1)
+        keep = logits.new_zeros(())
+        if src is not None:
+            keep = keep_loss(
+                logits[:n], original[:n], ys if config.source_labels else None, config.temperature, config.ce_weight
+            )
+        suppress = suppress_loss(logits[n:], yt, config.beta)
         loss = keep - config.lam * suppress
         if config.budget_weight > 0:
             loss = loss + config.budget_weight * budget_loss(raw, config.budget_kept)

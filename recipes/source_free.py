@@ -80,7 +80,8 @@ def main(argv=None) -> dict:
         raise ConfigError("--target-labels: the source-free recipe treats the target as unlabelled; use 'pseudo'")
 
     accelerator = make_accelerator(output_dir, cpu=args.cpu)
-    model, model_config = resolve_source_model(args.source_model, source, "small_cnn", accelerator, not args.no_progress)
+    progress = not args.no_progress
+    model, model_config = resolve_source_model(args.source_model, source, "small_cnn", accelerator, progress)
     check_compatible(model, target.test, model_config["num_classes"], "--target")
     check_compatible(model, source.test, model_config["num_classes"], "--source")
 

@@ -129,3 +129,11 @@ def test_checkpointing_without_a_project_folder_is_refused(digits):
 def test_bad_train_config_raises(kwargs, match):
     with pytest.raises(ConfigError, match=match):
         TrainConfig(**kwargs)
+
+
+def test_training_without_keep_data_runs_the_suppress_term_alone(trained_digits_model, digits_m):
+    model = attach_masks(load_model(trained_digits_model[0])[0])
+    result = train_masks(model, None, digits_m.train, TrainConfig(steps=10, lr=0.2, eval_every=0), progress=False)
+    losses = [h for h in result.history if "keep" in h]
+    assert losses and all(h["keep"] == 0.0 for h in losses)
+    assert result.kept_fraction < 1.0
