@@ -759,11 +759,69 @@ def _macs_at(pruner: MAPPruner, threshold: float) -> int:
     return count_macs_params(clone, pruner.example_inputs)[0]
 
 
-def meet_macs_target(pruner: MAPPruner, max_macs: int) -> float:
+class _MacsEstimate:
+    """MACs after mask-mode pruning at a threshold, from per-layer MACs and group channel counts.
+
+    A conv/linear layer costs ``MACs * kept_out / out * kept_in / in``; the kept channels of a group
+    are those whose root score is above the threshold. Exact for plain and grouped convs; a group
+    that a parameter keeps alive (a ViT position embedding) is counted as prunable, which is why
+    ``meet_macs_target`` checks its final choice by pruning a copy.
+    """
+
+    def __init__(self, pruner: MAPPruner):
+        plain = _baked_copy(pruner.model, 0.5)
+        total, _, layer_macs, _ = tp.utils.count_ops_and_params(plain, pruner.example_inputs, layer_wise=True)
+        by_name = dict(plain.named_modules())
+        self.fixed = float(total)
+        self.layers: dict[nn.Module, float] = {}
+        for name, module in pruner.model.named_modules():
+            twin = by_name.get(name)
+            if twin is None or next(twin.children(), None) is not None or not layer_macs.get(twin):
+                continue
+            self.layers[module] = float(layer_macs[twin])
+            self.fixed -= float(layer_macs[twin])
+        self.groups = []  # (root scores, [(layer, is_out, idxs, root_idxs, channels)])
+        for group in pruner._all_groups():
+            mask = _mask_of_module(group[0].dep.target.module)
+            if mask is None:
+                continue
+            members = []
+            for i, (dep, _) in enumerate(group):
+                layer, root_idxs = dep.target.module, group[i].root_idxs
+                if layer not in self.layers or root_idxs is None or any(r is None for r in root_idxs):
+                    continue
+                is_out = pruner.DG.is_out_channel_pruning_fn(dep.handler)
+                channels = pruner.DG.get_out_channels(layer) if is_out else pruner.DG.get_in_channels(layer)
+                if channels:
+                    members.append((layer, is_out, torch.as_tensor(list(root_idxs)), channels))
+            self.groups.append((mask.map_scores.detach().flatten(), members))
+
+    def __call__(self, threshold: float) -> float:
+        kept = {}
+        for scores, members in self.groups:
+            alive = scores > threshold
+            for layer, is_out, root_idxs, channels in members:
+                factor = float(alive[root_idxs].sum()) / channels
+                kept[layer, is_out] = kept.get((layer, is_out), 1.0) * factor
+        return self.fixed + sum(
+            macs * kept.get((m, True), 1.0) * kept.get((m, False), 1.0) for m, macs in self.layers.items()
+        )
+
+
+def _mask_of_module(module) -> WeightMask | None:
+    if not isinstance(module, nn.Module) or not parametrize.is_parametrized(module, "weight"):
+        return None
+    return next((p for p in module.parametrizations.weight if isinstance(p, WeightMask)), None)
+
+
+def meet_macs_target(pruner: MAPPruner, max_macs: int, exact: bool = True, lower: bool = False) -> float:
     """Raise the channel-mask threshold just enough that ``pruner.step()`` gives at most ``max_macs``.
 
     Channels are taken in order of their learned score (lowest first), so the masks' ranking decides
-    what goes beyond what they removed themselves. Each candidate is checked by pruning a copy.
+    what goes beyond what they removed themselves. The threshold is found on a per-layer MACs
+    estimate, then (``exact=True``) checked, and raised if needed, by pruning a copy. With
+    ``lower=True`` the threshold may also go down: when the masks removed more than the budget
+    asks, the best-scored of their channels come back until the budget is used.
 
     Returns:
         The threshold now set on every channel mask (unchanged when the masks already meet the target).
@@ -777,23 +835,45 @@ def meet_macs_target(pruner: MAPPruner, max_macs: int) -> float:
         raise ConfigError("meet_macs_target() needs channel masks (MaskConfig(granularity='channel'))")
     masks = [mask for _, _, mask in masked_modules(pruner.model)]
     base = masks[0].threshold
-    if _macs_at(pruner, base) <= max_macs:
-        return base
+    estimate = _MacsEstimate(pruner)
     scores = torch.cat([m.map_scores.detach().flatten() for m in masks])
-    candidates = torch.unique(scores[scores > base]).tolist()
-    if not candidates or _macs_at(pruner, candidates[-1]) > max_macs:
-        raise ConfigError(f"no channel threshold reaches {max_macs} MACs; lower macs_reduction")
-    lo, hi = 0, len(candidates) - 1
-    while lo < hi:  # smallest candidate threshold whose pruned model fits the budget
-        mid = (lo + hi) // 2
-        if _macs_at(pruner, candidates[mid]) <= max_macs:
-            hi = mid
-        else:
-            lo = mid + 1
+    floor = float(scores.min()) - 1.0 if lower else base  # a threshold below every score keeps everything
+    candidates = [floor] + torch.unique(scores[scores > floor]).tolist()
+
+    def smallest(fits, lo: int, hi: int) -> int:  # smallest index in [lo, hi] that fits; hi if none
+        while lo < hi:
+            mid = (lo + hi) // 2
+            lo, hi = (lo, mid) if fits(candidates[mid]) else (mid + 1, hi)
+        return lo
+
+    last = len(candidates) - 1
+    lo = smallest(lambda t: estimate(t) <= max_macs, 0, last)
+    if exact:
+        # The estimate is within a few percent: search exactly between a looser estimate and a stride up.
+        fits = lambda t: _macs_at(pruner, t) <= max_macs  # noqa: E731
+        hi, stride = lo, 1
+        while not fits(candidates[hi]):
+            if hi == last:
+                raise ConfigError(f"no channel threshold reaches {max_macs} MACs; lower macs_reduction")
+            hi, stride = min(last, hi + stride), stride * 2
+        lo = smallest(fits, smallest(lambda t: estimate(t) <= 1.05 * max_macs, 0, last), hi)
     for m in masks:
         m.threshold = float(candidates[lo])
-    _logger.info("channel threshold raised from %.3f to %.3f to meet %d MACs", base, candidates[lo], max_macs)
+    if lo:
+        _logger.info("channel threshold raised from %.4f to %.4f to meet %d MACs", base, candidates[lo], max_macs)
     return float(candidates[lo])
+
+
+def _commit_cut(pruner: MAPPruner, threshold: float) -> None:
+    """Push the scores of switched-off channels far below ``threshold``, so later rounds cannot revive them.
+
+    Without this, a round's training lifts the channels it misses just above the threshold, and
+    the next cut, which takes the lowest scores first, removes exactly those.
+    """
+    with torch.no_grad():
+        for _, _, mask in masked_modules(pruner.model):
+            scores = mask.map_scores
+            scores[scores <= threshold] = threshold - 1.0
 
 
 def protect_and_compress(
@@ -822,7 +902,8 @@ def protect_and_compress(
     off in the same step). ``MAPPruner.step()`` then cuts the switched-off channels out. The
     **protection** stage trains the paper's element masks (``train_config``) and bakes them.
     ``order="compress_first"`` runs structure then protection; ``"protect_first"`` protects the full
-    model, then compresses the protected one.
+    model, then compresses the protected one (its structure stage keeps the protected model's
+    behaviour, so the protection survives the cut).
 
     Args:
         model: the trained source classifier, without masks. Modified in place and returned.
@@ -831,7 +912,8 @@ def protect_and_compress(
         target: target dataset.
         train_config: ``TrainConfig`` of the protection stage (default ``TrainConfig()``).
         structure_config: ``TrainConfig`` of the whole structure stage, split over the rounds
-            (default: ``train_config``). A budget term in it is honoured but not needed.
+            (default: ``train_config`` with ``lam=0``: the channels are chosen to keep the source
+            behaviour, the element masks carry the protection). A budget term in it is honoured.
         macs_reduction: the fraction of MACs to remove, in [0, 1).
         structure_rounds: rounds of the structure stage (at least 1).
         order: ``"compress_first"`` or ``"protect_first"``.
@@ -869,28 +951,30 @@ def protect_and_compress(
     if name is not None:
         raise MaskStateError(f"model: {name!r} already carries masks; call bake_masks(model) or remove_masks(model)")
     train_config = train_config or TrainConfig()
-    structure_config = structure_config or train_config
+    structure_config = structure_config or replace(train_config, lam=0.0)
     macs_before, params_before = count_macs_params(model, example_inputs)
-    info: dict[str, Any] = {"order": order, "history": {"structure": []}}
+    info: dict[str, Any] = {"order": order, "history": {"structure": [], "protect": []}}
 
     def protect() -> None:
         attach_masks(model, MaskConfig(granularity="element"))
         result = train_masks(model, source, target, train_config, accelerator, eval_sets, progress)
         info["kept_fraction"] = sparsity_stats(model)["kept_fraction"]
-        info["history"]["protect"] = result.history
+        info["history"]["protect"].append(result.history)
         bake_masks(model)
         _freeze(model)
 
     def compress() -> MAPPruner:
         pruner = MAPPruner(model, example_inputs, **pruner_kwargs)
         steps = max(1, structure_config.steps // structure_rounds)
+        cuts = max(1, structure_rounds - 1)  # with 2+ rounds the last one only re-learns, it cuts nothing new
         for r in range(1, structure_rounds + 1):
             # A fresh seed per round: the trainer's batch order is a function of the seed.
             config = replace(structure_config, steps=steps, seed=structure_config.seed + r - 1)
             pruner.fit(source, target, config, accelerator=accelerator, eval_sets=eval_sets, progress=progress)
             info["history"]["structure"].append(pruner.train_result.history)
-            budget = int(macs_before * (1.0 - macs_reduction * r / structure_rounds))
-            info["channel_threshold"] = meet_macs_target(pruner, budget)
+            budget = int(macs_before * (1.0 - macs_reduction * min(r, cuts) / cuts))
+            info["channel_threshold"] = threshold = meet_macs_target(pruner, budget, lower=True)
+            _commit_cut(pruner, threshold)
         pruner.step()
         return pruner
 

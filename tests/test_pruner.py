@@ -17,7 +17,14 @@ from torch.utils.data import Subset
 from map_plugin.errors import ArtifactError, ConfigError, MaskStateError, UnknownNameError
 from map_plugin.masks import MASK_PARAM_NAME, MaskConfig, attach_masks, bake_masks, mask_parameters
 from map_plugin.models import create_model
-from map_plugin.pruner import MAPPruner, count_macs_params, load_pruned, protect_and_compress, save_pruned
+from map_plugin.pruner import (
+    MAPPruner,
+    count_macs_params,
+    load_pruned,
+    meet_macs_target,
+    protect_and_compress,
+    save_pruned,
+)
 from map_plugin.registry import get_pruner, is_pruner, list_pruners, register_pruner
 from map_plugin.trainer import TrainConfig
 
@@ -306,6 +313,25 @@ def test_pruned_protected_export_has_zeroed_weights(tmp_path):
     reloaded = load_pruned(tmp_path)
     zeros = sum(int((p == 0).sum()) for p in reloaded.parameters())
     assert zeros > 0.3 * sum(p.numel() for n, p in reloaded.named_parameters() if "weight" in n and p.dim() > 1)
+
+
+# ------------------------------------------------------------------------- protect + compress
+@pytest.mark.parametrize("lower", [False, True])
+def test_meet_macs_target(lower):
+    model = create_model("test_resnet", num_classes=10).eval()
+    macs_before, _ = count_macs_params(model, X1)
+    pruner = MAPPruner(model, X1)
+    _set_scores(model, drop=0.6 if lower else 0.05)  # the masks remove too much / too little
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in pruner.mask_parameters():
+            p.add_(0.4 * torch.rand(p.shape, generator=g))  # distinct scores: a ranking
+    budget = int(0.7 * macs_before)
+    threshold = meet_macs_target(pruner, budget, lower=lower)
+    assert (threshold < 0.5) if lower else (threshold > 0.5)
+    pruner.step()
+    macs_after, _ = count_macs_params(model, X1)
+    assert 0.9 * budget <= macs_after <= budget, (macs_after, budget)
 
 
 # ------------------------------------------------------------------------- protect + compress
