@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from .compress import ORDERS, CompressConfig
 from .masks import MaskConfig, list_granularities
 from .trainer import TrainConfig
 
@@ -18,6 +19,7 @@ __all__ = [
     "add_mask_arguments",
     "add_output_arguments",
     "add_training_arguments",
+    "compress_config_from_args",
     "make_accelerator",
     "mask_config_from_args",
     "resolve_source_model",
@@ -30,6 +32,15 @@ def add_mask_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--granularity", default="element", choices=list_granularities(), help="mask granularity")
     group.add_argument("--threshold", type=float, default=0.5, help="scores above it keep their weight, in (0, 1)")
     group.add_argument("--no-mask-classifier", action="store_true", help="leave the classifier's weight unmasked")
+    d = CompressConfig()
+    group = parser.add_argument_group("structured MAP (--granularity channel: protected AND smaller)")
+    group.add_argument("--macs-reduction", type=float, default=d.macs_reduction, help="fraction of MACs to remove")
+    group.add_argument("--order", default=d.order, choices=ORDERS, help="cut channels before or after protecting")
+    group.add_argument("--structure-rounds", type=int, default=d.rounds, help="rounds of channel training and cuts")
+    group.add_argument(
+        "--structure-steps", type=int, default=d.steps, help="channel-mask steps in all (default: --steps)"
+    )
+    group.add_argument("--structure-lambda", type=float, default=d.lam, help="suppress weight while choosing channels")
 
 
 def add_training_arguments(parser: argparse.ArgumentParser) -> None:
@@ -61,6 +72,18 @@ def mask_config_from_args(args: argparse.Namespace) -> MaskConfig:
     return MaskConfig(
         granularity=args.granularity, threshold=args.threshold, include_classifier=not args.no_mask_classifier
     )
+
+
+def compress_config_from_args(args: argparse.Namespace) -> CompressConfig | None:
+    """The structured run's settings with ``--granularity channel``, else None (flags are still checked)."""
+    config = CompressConfig(
+        macs_reduction=args.macs_reduction,
+        order=args.order,
+        rounds=args.structure_rounds,
+        steps=args.structure_steps,
+        lam=args.structure_lambda,
+    )
+    return config if args.granularity == "channel" else None
 
 
 def train_config_from_args(args: argparse.Namespace) -> TrainConfig:

@@ -17,12 +17,13 @@ from ._io import load_tensors, read_json, save_tensors, write_json
 from .errors import ArtifactError, MaskStateError
 from .masks import is_masked
 
-__all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "load_model", "save_model"]
+__all__ = ["CONFIG_NAME", "PRUNING_HISTORY_NAME", "WEIGHTS_NAME", "load_model", "save_model"]
 
 _logger = logging.getLogger(__name__)
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
+PRUNING_HISTORY_NAME = "pruning_history.json"
 _REQUIRED = ("architecture", "num_classes", "in_chans", "img_size")
 
 
@@ -73,6 +74,9 @@ def load_config(directory: str | os.PathLike) -> dict:
 def load_model(directory: str | os.PathLike) -> tuple[nn.Module, dict]:
     """Build the architecture named in ``config.json`` and load ``model.safetensors`` into it, strictly.
 
+    A folder with ``pruning_history.json`` (a structurally pruned model, ``pruner.save_pruned``) is
+    rebuilt by replaying its pruning before the weights are loaded.
+
     Returns:
         ``(model in eval mode, config)``.
 
@@ -83,6 +87,10 @@ def load_model(directory: str | os.PathLike) -> tuple[nn.Module, dict]:
 
     directory = Path(directory)
     config = load_config(directory)
+    if (directory / PRUNING_HISTORY_NAME).exists():  # structured MAP: rebuild, replay the pruning, load
+        from .pruner import load_pruned
+
+        return load_pruned(directory), config
     model = create_model(config["architecture"], config["num_classes"], config["in_chans"], config["img_size"])
     state = load_tensors(directory / WEIGHTS_NAME)
     try:

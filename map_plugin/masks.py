@@ -29,6 +29,7 @@ __all__ = [
     "attach_masks",
     "bake_masks",
     "binary_masks",
+    "find_classifier",
     "is_masked",
     "list_granularities",
     "load_mask_state_dict",
@@ -158,7 +159,8 @@ class WeightMask(nn.Module):
         return f"granularity={self.granularity!r}, threshold={self.threshold}, scores={tuple(self.map_scores.shape)}"
 
 
-def _classifier(model: nn.Module) -> nn.Module | None:
+def find_classifier(model: nn.Module) -> nn.Module | None:
+    """The classification head: `model.get_classifier()` when it has weights, else the last Linear."""
     getter = getattr(model, "get_classifier", None)
     if callable(getter):
         head = getter()
@@ -218,7 +220,7 @@ def attach_masks(model: nn.Module, config: MaskConfig | None = None) -> nn.Modul
     config = config or MaskConfig()
     if is_masked(model):
         raise MaskStateError("the model already carries MAP masks; call bake_masks(model) or remove_masks(model) first")
-    head = None if config.include_classifier else _classifier(model)
+    head = None if config.include_classifier else find_classifier(model)
     targets = []
     for name, module in model.named_modules():
         if type(module).__name__.removeprefix("Parametrized") not in config.layer_types:

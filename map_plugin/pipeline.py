@@ -1,7 +1,9 @@
 """One protection run end to end, shared by every recipe: attach, train, bake, evaluate, export, report.
 
 Recipes differ only in where the keep data comes from (real source, pseudo-source, ...); they
-build that dataset and call ``protect``. Everything written lands in one output folder:
+build that dataset and call ``protect``. With channel granularity the run is structured MAP
+(``compress.protect_and_compress``): the exported model is physically smaller, and the report adds
+MACs, parameters and CPU latency before and after. Everything written lands in one output folder:
 ``report.json``, ``report.md``, ``curves.png`` and ``model/`` (masks baked in).
 """
 
@@ -9,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import statistics
 import time
 from collections.abc import Mapping
 from dataclasses import asdict
@@ -18,13 +21,15 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from .errors import DomainMismatchError, OutputDirError
+from .compress import CompressConfig, protect_and_compress
+from .errors import ConfigError, DomainMismatchError, OutputDirError
 from .hub import save_model
 from .masks import MaskConfig, attach_masks, bake_masks, sparsity_stats
+from .pruner import count_macs_params, save_pruned
 from .report import build_report, write_report
 from .trainer import TrainConfig, evaluate_accuracy, make_eval_loader, train_masks
 
-__all__ = ["check_distinct_domains", "check_output_dir", "count_macs_params", "default_output_dir", "protect"]
+__all__ = ["check_distinct_domains", "check_output_dir", "cpu_latency_ms", "default_output_dir", "protect"]
 
 _logger = logging.getLogger(__name__)
 
@@ -67,12 +72,30 @@ def check_distinct_domains(source: str, target: str) -> None:
         )
 
 
-def count_macs_params(model: nn.Module, example: torch.Tensor) -> tuple[int, int]:
-    """``(MACs, parameters)`` of one forward pass on ``example`` (torch-pruning's counter)."""
-    import torch_pruning as tp
+@torch.inference_mode()
+def cpu_latency_ms(model: nn.Module, example: torch.Tensor, batch_size: int = 64, runs: int = 20) -> float:
+    """Median wall time (ms) of one forward pass of ``batch_size`` copies of ``example`` on the CPU."""
+    device = next(model.parameters()).device
+    model = model.cpu().eval()
+    batch = example.expand(batch_size, *example.shape[1:]).contiguous().cpu()
+    for _ in range(3):  # warm-up: allocator, kernel selection
+        model(batch)
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        model(batch)
+        times.append(1000 * (time.perf_counter() - start))
+    model.to(device)
+    return statistics.median(times)
 
-    macs, params = tp.utils.count_ops_and_params(model, example)
-    return int(macs), int(params)
+
+def _joined_history(histories: list[list[dict]]) -> list[dict]:
+    """Stage histories one after the other on a single step axis (structure rounds, then protection)."""
+    joined, offset = [], 0
+    for history in histories:
+        joined += [{**row, "step": row["step"] + offset} for row in history if row["step"] or not joined]
+        offset = joined[-1]["step"] if joined else offset
+    return joined
 
 
 def protect(
@@ -90,6 +113,7 @@ def protect(
     output_dir: str | os.PathLike,
     started_at: float | None = None,
     extra_report: dict | None = None,
+    compress_config: CompressConfig | None = None,
     resume: bool = False,
     progress: bool = True,
 ) -> dict:
@@ -108,6 +132,8 @@ def protect(
         output_dir: the run folder (created here; written by the main process only).
         started_at: ``time.perf_counter()`` at the start of the run, so wall time includes earlier stages.
         extra_report: keys appended to ``report.json`` (synthesis report, ...).
+        compress_config: with ``mask_config.granularity == "channel"``: the structured run's MACs
+            budget, order and rounds (``protect_and_compress``); default ``CompressConfig()``.
         resume: continue mask training from the newest checkpoint in ``output_dir``.
         progress: progress bars on the main process.
 
@@ -121,20 +147,60 @@ def protect(
     source_name, source_set = source_test
     if source_name in target_tests:
         raise DomainMismatchError(f"target {source_name!r} is also the source domain")
+    structured = mask_config.granularity == "channel"
+    if structured and resume:
+        raise ConfigError("--resume is not supported with --granularity channel; start the run again")
     example = source_set[0][0].unsqueeze(0)
     macs_before, params_before = count_macs_params(model.eval(), example)
-
-    attach_masks(model, mask_config)
     eval_sets = {source_name: source_set, **target_tests}
-    result = train_masks(model, keep, target, train_config, accelerator, eval_sets, progress=progress, resume=resume)
-    stats = sparsity_stats(model)
-    bake_masks(model)
 
-    before = {k: v for k, v in result.history[0].items() if k.startswith("acc/")}
-    after = {
-        name: evaluate_accuracy(model, accelerator.prepare(make_eval_loader(ds)), accelerator)
-        for name, ds in eval_sets.items()
-    }
+    def accuracies() -> dict[str, float]:
+        loaders = {name: accelerator.prepare(make_eval_loader(ds)) for name, ds in eval_sets.items()}
+        return {name: evaluate_accuracy(model, loader, accelerator) for name, loader in loaders.items()}
+
+    extra = dict(extra_report or {})
+    if structured:
+        # Channel masks decide what is cut, element masks inside what remains carry the protection.
+        compress_config = compress_config or CompressConfig()
+        before = {f"acc/{name}": acc for name, acc in accuracies().items()}
+        latency_before = cpu_latency_ms(model, example)
+        element = MaskConfig(threshold=mask_config.threshold, include_classifier=mask_config.include_classifier)
+        model, info = protect_and_compress(
+            model,
+            example,
+            keep,
+            target,
+            train_config=train_config,
+            compress_config=compress_config,
+            mask_config=element,
+            accelerator=accelerator,
+            eval_sets=eval_sets,
+            progress=progress,
+        )
+        stages = info["history"]
+        ordered = stages["structure"] + stages["protect"]
+        if compress_config.order == "protect_first":
+            ordered = stages["protect"] + stages["structure"]
+        history = _joined_history(ordered)
+        stats = {"kept_fraction": info["kept_fraction"], "kept_per_layer": info["kept_per_layer"]}
+        steps = history[-1]["step"] if history else 0
+        latency_after = cpu_latency_ms(model, example)
+        extra["structure"] = {
+            **compress_config.to_dict(),
+            "channel_threshold": info["channel_threshold"],
+            "macs_reduction_achieved": info["macs_reduction"],
+        }
+        extra["latency_ms"] = {"before": latency_before, "after": latency_after, "batch_size": 64, "device": "cpu"}
+    else:
+        attach_masks(model, mask_config)
+        result = train_masks(model, keep, target, train_config, accelerator, eval_sets, progress, resume=resume)
+        history, steps = result.history, result.steps
+        stats = sparsity_stats(model)
+        bake_masks(model)
+        before = {k: v for k, v in history[0].items() if k.startswith("acc/")}
+        extra["mask_training_time_s"] = round(result.wall_time_s, 1)
+
+    after = accuracies()
     macs_after, params_after = count_macs_params(model, example)
     nonzero = sum(int((p != 0).sum()) for p in model.parameters())
 
@@ -143,7 +209,7 @@ def protect(
         model=model_config["architecture"],
         granularity=mask_config.granularity,
         seed=train_config.seed,
-        steps=result.steps,
+        steps=steps,
         world_size=accelerator.num_processes,
         source={"domain": source_name, "before": before[f"acc/{source_name}"], "after": after[source_name]},
         targets=[{"domain": n, "before": before[f"acc/{n}"], "after": after[n]} for n in target_tests],
@@ -153,8 +219,7 @@ def protect(
         params={"before": params_before, "after": params_after, "nonzero_after": nonzero},
         wall_time_s=time.perf_counter() - started_at,
         config={"mask": asdict(mask_config), "train": asdict(train_config)},
-        mask_training_time_s=round(result.wall_time_s, 1),
-        **(extra_report or {}),
+        **extra,
     )
     if accelerator.is_main_process:
         output_dir = Path(output_dir)
@@ -170,8 +235,12 @@ def protect(
                 "config": report["config"],
             },
         }
-        save_model(model, output_dir / "model", protected_config)
-        write_report(report, result.history, output_dir)
+        if structured:  # a pruned model needs its pruning history to be rebuilt
+            pruned_config = {**protected_config, "model": protected_config["architecture"]}
+            save_pruned(model, info["pruning_history"], output_dir / "model", pruned_config)
+        else:
+            save_model(model, output_dir / "model", protected_config)
+        write_report(report, history, output_dir)
         _logger.info("wrote %s", output_dir)
     accelerator.wait_for_everyone()
     return report

@@ -21,7 +21,8 @@ from torch import nn
 
 from .errors import ConfigError, UnknownNameError
 from .importance import MAPImportance
-from .pruner import MAPPruner, _attention_modules, _find_classifier, _traceable, fix_attention
+from .masks import find_classifier
+from .pruner import MAPPruner, _attention_modules, _traceable, fix_attention
 
 __all__ = ["get_pruner", "is_pruner", "list_pruners", "register_pruner"]
 
@@ -103,7 +104,7 @@ class _TorchPruner(tp.pruner.BasePruner):
 
 def _build(pruner_cls, importance, model: nn.Module, example_inputs: Any, **kwargs) -> tp.pruner.BasePruner:
     ignored = list(kwargs.pop("ignored_layers", None) or [])
-    head = _find_classifier(model)
+    head = find_classifier(model)
     if head is not None and not any(head is m for m in ignored):
         ignored.append(head)
     # BasePruner mutates these dict defaults, shared by every instance: always pass fresh ones.

@@ -102,6 +102,14 @@ def format_table(report: dict) -> str:
         f"{report['macs']['after']:,.0f}; parameters {report['params']['before']:,} -> {report['params']['after']:,}",
         f"- wall time: {report['wall_time_s']:.1f} s",
     ]
+    if "structure" in report:
+        s, lat = report["structure"], report["latency_ms"]
+        lines.insert(
+            -1,
+            f"- structured ({s['order']}): MACs -{100 * s['macs_reduction_achieved']:.1f}% (asked "
+            f"{100 * s['macs_reduction']:.0f}%); CPU latency, batch {lat['batch_size']}: "
+            f"{lat['before']:.1f} ms -> {lat['after']:.1f} ms",
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -19,6 +19,7 @@ from map_plugin.cli import (
     add_mask_arguments,
     add_output_arguments,
     add_training_arguments,
+    compress_config_from_args,
     make_accelerator,
     mask_config_from_args,
     resolve_source_model,
@@ -54,6 +55,7 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     # Everything is validated before any work and any write.
     mask_config, train_config = mask_config_from_args(args), train_config_from_args(args)
+    compress_config = compress_config_from_args(args)
     source, target = load_domain(args.source), load_domain(args.target)
     check_distinct_domains(args.source, args.target)
     if args.source_model is None and not is_known_model(args.model):
@@ -75,6 +77,7 @@ def main(argv=None) -> dict:
         target_tests={args.target: target.test},
         mask_config=mask_config,
         train_config=train_config,
+        compress_config=compress_config,
         accelerator=accelerator,
         output_dir=output_dir,
         started_at=started,

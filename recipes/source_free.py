@@ -21,6 +21,7 @@ from map_plugin.cli import (
     add_mask_arguments,
     add_output_arguments,
     add_training_arguments,
+    compress_config_from_args,
     make_accelerator,
     mask_config_from_args,
     resolve_source_model,
@@ -63,6 +64,7 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     # Everything is validated before any work and any write.
     mask_config, train_config = mask_config_from_args(args), train_config_from_args(args)
+    compress_config = compress_config_from_args(args)
     synth_config = SynthesisConfig(
         num_samples=args.synth_samples,
         steps=args.synth_steps,
@@ -107,6 +109,7 @@ def main(argv=None) -> dict:
         target_tests={args.target: target.test},
         mask_config=mask_config,
         train_config=train_config,
+        compress_config=compress_config,
         accelerator=accelerator,
         output_dir=output_dir,
         started_at=started,

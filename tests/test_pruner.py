@@ -14,17 +14,11 @@ import torch_pruning as tp
 from torch import nn
 from torch.utils.data import Subset
 
+from map_plugin.compress import CompressConfig, meet_macs_target, protect_and_compress
 from map_plugin.errors import ArtifactError, ConfigError, MaskStateError, UnknownNameError
 from map_plugin.masks import MASK_PARAM_NAME, MaskConfig, attach_masks, bake_masks, mask_parameters
 from map_plugin.models import create_model
-from map_plugin.pruner import (
-    MAPPruner,
-    count_macs_params,
-    load_pruned,
-    meet_macs_target,
-    protect_and_compress,
-    save_pruned,
-)
+from map_plugin.pruner import MAPPruner, count_macs_params, load_pruned, save_pruned
 from map_plugin.registry import get_pruner, is_pruner, list_pruners, register_pruner
 from map_plugin.trainer import TrainConfig
 
@@ -339,7 +333,12 @@ def test_meet_macs_target(lower):
 def test_protect_and_compress_meets_macs_budget(order, domains, tmp_path):
     model = _with_bn_statistics(create_model("small_cnn", num_classes=10))
     model, info = protect_and_compress(
-        model, X1, *domains, train_config=TWO_STEPS, macs_reduction=0.3, structure_rounds=2, order=order, progress=False
+        model,
+        X1,
+        *domains,
+        train_config=TWO_STEPS,
+        compress_config=CompressConfig(macs_reduction=0.3, rounds=2, order=order),
+        progress=False,
     )
     assert info["macs"]["after"] <= 0.7 * info["macs"]["before"], info["macs"]
     assert info["params"]["after"] < info["params"]["before"]
@@ -355,8 +354,21 @@ def test_protect_and_compress_meets_macs_budget(order, domains, tmp_path):
     [
         ({"macs_reduction": 1.0}, "macs_reduction=1.0"),
         ({"order": "both"}, "order='both'"),
-        ({"structure_rounds": 0}, "structure_rounds=0"),
+        ({"rounds": 0}, "rounds=0"),
+        ({"steps": -1}, "steps=-1"),
+    ],
+)
+def test_compress_config_rejects_bad_values(kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        CompressConfig(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
         ({"train_config": {"steps": 2}}, "train_config must be a TrainConfig"),
+        ({"compress_config": {"rounds": 2}}, "compress_config must be a CompressConfig"),
+        ({"mask_config": MaskConfig(granularity="channel")}, "the protection stage is element-wise"),
     ],
 )
 def test_protect_and_compress_rejects_bad_arguments(kwargs, match, domains):

@@ -107,6 +107,27 @@ def test_exported_model_holds_zeros_where_pruned_and_reloads_strictly(tmp_path, 
     assert report["params"]["nonzero_after"] < report["params"]["before"]
 
 
+def test_channel_granularity_exports_a_smaller_protected_model(tmp_path, trained_digits_model):
+    from map_plugin.data import load_domain
+    from map_plugin.hub import load_model
+    from map_plugin.trainer import evaluate_accuracy, make_eval_loader
+
+    out = tmp_path / "run"
+    args = ["--source-model", trained_digits_model[0], "--granularity", "channel", "--steps", "6"]
+    args += ["--structure-rounds", "2", "--macs-reduction", "0.3", "--eval-every", "3"]
+    report = _recipe("source_available")(args + ["--output-dir", str(out), "--no-progress"])
+    assert report["granularity"] == "channel" and report["structure"]["order"] == "compress_first"
+    assert report["macs"]["after"] <= 0.7 * report["macs"]["before"]
+    assert report["params"]["after"] < report["params"]["before"]
+    assert report["latency_ms"]["before"] > 0 and report["latency_ms"]["after"] > 0
+    assert (out / "model" / "pruning_history.json").is_file()
+    protected, config = load_model(out / "model")  # replays the pruning, loads strictly
+    assert sum(p.numel() for p in protected.parameters()) == report["params"]["after"]
+    target_test = load_domain("digits-m").test
+    assert evaluate_accuracy(protected, make_eval_loader(target_test)) == pytest.approx(report["targets"][0]["after"])
+    assert config["map"]["target_accuracy"]["digits-m"] == report["targets"][0]["after"]
+
+
 @pytest.mark.parametrize(
     "args, error, match",
     [
@@ -120,6 +141,10 @@ def test_exported_model_holds_zeros_where_pruned_and_reloads_strictly(tmp_path, 
         (["--steps", "0"], ValueError, "steps=0"),
         (["--steps", "-3"], ValueError, "steps=-3"),
         (["--model", "resnet_does_not_exist"], ValueError, "resnet_does_not_exist"),
+        # structured MAP settings are checked even when --granularity is element
+        (["--granularity", "channel", "--macs-reduction", "1.5"], ValueError, "macs_reduction=1.5"),
+        (["--structure-rounds", "0"], ValueError, "rounds=0"),
+        (["--granularity", "channel", "--resume"], ValueError, "--resume is not supported"),
     ],
 )
 def test_bad_arguments_raise_before_anything_is_written(tmp_path, args, error, match):

@@ -15,9 +15,10 @@ import argparse
 
 import torch
 
+from map_plugin.compress import meet_macs_target
 from map_plugin.data import load_domain
 from map_plugin.models import create_model
-from map_plugin.pruner import MAPPruner, count_macs_params, load_pruned, meet_macs_target, save_pruned
+from map_plugin.pruner import MAPPruner, count_macs_params, load_pruned, save_pruned
 from map_plugin.registry import get_pruner, list_pruners
 from map_plugin.source import SourceTrainConfig, train_classifier
 from map_plugin.trainer import TrainConfig, evaluate_accuracy, make_eval_loader
