@@ -48,6 +48,9 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("mask training")
     group.add_argument("--steps", type=int, default=d.steps, help="mask-training steps")
     group.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate on the mask scores")
+    group.add_argument(
+        "--lr-decay", type=float, default=d.lr_decay, help="final fraction of steps with a linear decay to 0"
+    )
     group.add_argument("--batch-size", type=int, default=d.batch_size, help="source and target samples per step")
     group.add_argument("--lambda", dest="lam", type=float, default=d.lam, help="weight of the suppress term")
     group.add_argument("--beta", type=float, default=d.beta, help="per-sample clamp of the target cross-entropy")
@@ -90,6 +93,7 @@ def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(
         steps=args.steps,
         lr=args.lr,
+        lr_decay=args.lr_decay,
         batch_size=args.batch_size,
         lam=args.lam,
         beta=args.beta,

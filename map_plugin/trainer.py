@@ -42,6 +42,9 @@ class TrainConfig:
         steps: optimisation steps.
         lr: Adam learning rate on the mask scores. Scores start at 1.0 and flip below 0.5, so a
             score needs about 0.5 / lr = 50 steps of consistent push to prune its weight.
+        lr_decay: fraction of the run, at its end, over which the learning rate falls linearly to 0.
+            With a constant rate, scores near the threshold keep flipping until the last step and
+            the final mask is a random draw among them; a decay lets the mask settle.
         batch_size: source and target samples per step and per process (64 + 64).
         lam: weight of the suppress term.
         beta: per-sample clamp of the target cross-entropy.
@@ -58,6 +61,7 @@ class TrainConfig:
 
     steps: int = 400
     lr: float = 1e-2
+    lr_decay: float = 0.0
     batch_size: int = 64
     lam: float = 0.3
     beta: float = 5.0
@@ -88,6 +92,8 @@ class TrainConfig:
             value = getattr(self, name)
             if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
                 raise ConfigError(f"{name}={value!r} must be a non-negative number")
+        if not (isinstance(self.lr_decay, int | float) and 0.0 <= self.lr_decay <= 1.0):
+            raise ConfigError(f"lr_decay={self.lr_decay!r} must be a fraction in [0, 1]")
         if not 0.0 <= self.budget_kept <= 1.0:
             raise ConfigError(f"budget_kept={self.budget_kept!r} must be a fraction in [0, 1]")
         if self.target_labels not in ("pseudo", "true"):
@@ -274,7 +280,11 @@ def train_masks(
         desc="mask training",
         disable=not (progress and accelerator.is_local_main_process),
     )
+    decay_steps = round(config.lr_decay * config.steps)
     while state.step < config.steps:
+        # The rate is a pure function of the step, so a resumed run follows the same schedule.
+        for group in optimizer.param_groups:
+            group["lr"] = config.lr * min(1.0, (config.steps - state.step) / decay_steps if decay_steps else 1.0)
         xt, yt = (t.to(accelerator.device) for t in next(tgt))
         xs, ys = (t.to(accelerator.device) for t in next(src)) if src is not None else (xt[:0], yt[:0])
         x = torch.cat([xs, xt])

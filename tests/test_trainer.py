@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
 from accelerate import Accelerator
@@ -75,22 +77,36 @@ def test_same_seed_gives_the_same_mask(trained_digits_model, digits, digits_m):
     assert any(not torch.all(v > 0.5) for v in masks[0].values()), "lr 0.2 for 8 steps should prune something"
 
 
-def test_resumed_training_equals_uninterrupted_training(tmp_path, trained_digits_model, digits, digits_m):
-    def run(steps: int, folder, resume: bool):
+@pytest.mark.parametrize("lr_decay", [0.0, 0.5])
+def test_resumed_training_equals_uninterrupted_training(tmp_path, trained_digits_model, digits, digits_m, lr_decay):
+    def run(folder, resume: bool):
         accelerator = Accelerator(
             cpu=True, project_config=ProjectConfiguration(project_dir=str(folder), automatic_checkpoint_naming=True)
         )
         model = attach_masks(load_model(trained_digits_model[0])[0])
-        config = TrainConfig(steps=steps, lr=0.1, eval_every=0, checkpoint_every=4)
+        config = TrainConfig(steps=8, lr=0.1, lr_decay=lr_decay, eval_every=0, checkpoint_every=4)
         result = train_masks(model, digits.train, digits_m.train, config, accelerator, progress=False, resume=resume)
         return mask_state_dict(model), result
 
-    straight, _ = run(8, tmp_path / "a", resume=False)
-    run(4, tmp_path / "b", resume=False)
-    assert (tmp_path / "b" / "checkpoints").is_dir()
-    resumed, result = run(8, tmp_path / "b", resume=True)
-    assert result.steps == 8
+    straight, _ = run(tmp_path / "a", resume=False)
+    run(tmp_path / "b", resume=False)
+    # An interruption between steps 4 and 8: only the step-4 checkpoint survives.
+    shutil.rmtree(tmp_path / "b" / "checkpoints" / "checkpoint_1")
+    resumed, result = run(tmp_path / "b", resume=True)
+    assert result.steps == 8 and (tmp_path / "b" / "checkpoints" / "checkpoint_1").is_dir()
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+
+
+def test_lr_decay_slows_the_scores_at_the_end(trained_digits_model, digits, digits_m):
+    moved = {}
+    for decay in (0.0, 1.0):
+        model = attach_masks(load_model(trained_digits_model[0])[0])
+        config = TrainConfig(steps=10, lr=0.02, lr_decay=decay, eval_every=0)
+        train_masks(model, digits.train, digits_m.train, config, progress=False)
+        scores = torch.cat([v.flatten() for v in mask_state_dict(model).values()])
+        moved[decay] = (1.0 - scores).abs().mean().item()
+    # Adam moves each score by about lr per step: 10 * lr at a constant rate, about half with a full decay.
+    assert 0.3 * moved[0.0] < moved[1.0] < 0.7 * moved[0.0], moved
 
 
 def test_train_masks_refuses_an_unmasked_model(digits):
@@ -122,6 +138,7 @@ def test_checkpointing_without_a_project_folder_is_refused(digits):
         ({"beta": -1.0}, "beta=-1.0"),
         ({"lam": -0.1}, "lam=-0.1"),
         ({"budget_kept": 1.5}, "budget_kept=1.5"),
+        ({"lr_decay": 1.5}, "lr_decay=1.5"),
         # choices
         ({"target_labels": "gold"}, "target_labels='gold'"),
     ],
