@@ -43,8 +43,9 @@ def add_mask_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--structure-lambda", type=float, default=d.lam, help="suppress weight while choosing channels")
 
 
-def add_training_arguments(parser: argparse.ArgumentParser) -> None:
-    d = TrainConfig()
+def add_training_arguments(parser: argparse.ArgumentParser, defaults: TrainConfig | None = None) -> None:
+    """Training flags; ``defaults`` is the scenario's ``TrainConfig`` (``TrainConfig()`` when None)."""
+    d = defaults or TrainConfig()
     group = parser.add_argument_group("mask training")
     group.add_argument("--steps", type=int, default=d.steps, help="mask-training steps")
     group.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate on the mask scores")
@@ -61,7 +62,7 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--eval-every", type=int, default=d.eval_every, help="evaluate every N steps (curves.png)")
     group.add_argument("--checkpoint-every", type=int, default=0, help="save a resumable checkpoint every N steps")
     group.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --output-dir")
-    group.add_argument("--seed", type=int, default=0)
+    group.add_argument("--seed", type=int, default=d.seed)
 
 
 def add_output_arguments(parser: argparse.ArgumentParser) -> None:

@@ -89,11 +89,13 @@ def cpu_latency_ms(model: nn.Module, example: torch.Tensor, batch_size: int = 64
     return statistics.median(times)
 
 
-def _joined_history(histories: list[list[dict]]) -> list[dict]:
-    """Stage histories one after the other on a single step axis (structure rounds, then protection)."""
+def _joined_history(stages: list[tuple[str, list[dict]]]) -> list[dict]:
+    """Stage histories one after the other on a single step axis, each row tagged with its ``stage``."""
     joined, offset = [], 0
-    for history in histories:
-        joined += [{**row, "step": row["step"] + offset} for row in history if row["step"] or not joined]
+    for stage, history in stages:
+        joined += [
+            {**row, "step": row["step"] + offset, "stage": stage} for row in history if row["step"] or not joined
+        ]
         offset = joined[-1]["step"] if joined else offset
     return joined
 
@@ -177,11 +179,10 @@ def protect(
             eval_sets=eval_sets,
             progress=progress,
         )
-        stages = info["history"]
-        ordered = stages["structure"] + stages["protect"]
-        if compress_config.order == "protect_first":
-            ordered = stages["protect"] + stages["structure"]
-        history = _joined_history(ordered)
+        structure = [("channels", h) for h in info["history"]["structure"]]
+        protection = [("protection", h) for h in info["history"]["protect"]]
+        first_protect = compress_config.order == "protect_first"
+        history = _joined_history(protection + structure if first_protect else structure + protection)
         stats = {"kept_fraction": info["kept_fraction"], "kept_per_layer": info["kept_per_layer"]}
         steps = history[-1]["step"] if history else 0
         latency_after = cpu_latency_ms(model, example)

@@ -114,7 +114,10 @@ def format_table(report: dict) -> str:
 
 
 def plot_curves(history: list[dict], path: str | os.PathLike, title: str = "") -> Path:
-    """Plot every ``acc/<name>`` series of ``history`` against the step, as a PNG (atomically)."""
+    """Plot every ``acc/<name>`` series of ``history`` against the step, as a PNG (atomically).
+
+    Rows tagged with a ``stage`` (structured runs) get a dashed line where a new stage begins.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -129,6 +132,13 @@ def plot_curves(history: list[dict], path: str | os.PathLike, title: str = "") -
     for name, points in series.items():
         xs, ys = zip(*points, strict=True)
         ax.plot(xs, [100 * y for y in ys], marker="o", markersize=3, label=name)
+    previous, last_step = None, 0
+    for row in history:  # a stage begins where the previous one ended
+        stage = row.get("stage")
+        if stage != previous and stage is not None:
+            ax.axvline(last_step, color="grey", linestyle="--", linewidth=0.8)
+            ax.text(last_step, 97, f" {stage}", fontsize=7, color="grey", va="top")
+        previous, last_step = stage, row["step"]
     ax.set_xlabel("mask-training step")
     ax.set_ylabel("test accuracy (%)")
     ax.set_ylim(0, 100)

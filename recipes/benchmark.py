@@ -22,17 +22,17 @@ from map_plugin.masks import attach_masks, mask_parameters
 from map_plugin.report import versions
 from map_plugin.source import load_or_train_source_model
 from map_plugin.synthesis import synthesize_pseudo_source
-from map_plugin.trainer import TrainConfig, evaluate_accuracy, make_eval_loader, step_batches, train_masks
+from map_plugin.trainer import SOURCE_FREE, TrainConfig, evaluate_accuracy, make_eval_loader, step_batches, train_masks
 
 
 def keep_data(args) -> tuple[dict, str]:
-    """Same model, target and budget; only the keep data changes."""
+    """Same model, target and budget (the source-free settings); only the keep data changes."""
     source, target = load_domain(args.source), load_domain(args.target)
     base, config = load_or_train_source_model(source, args.model)
     synthetic = synthesize_pseudo_source(base, num_classes=source.num_classes, img_size=source.img_size)
     evals = {"source": make_eval_loader(source.test), "target": make_eval_loader(target.test)}
     before = {k: evaluate_accuracy(base, v) for k, v in evals.items()}
-    train = TrainConfig(steps=args.steps, eval_every=0, seed=args.seed)
+    train = TrainConfig(**{**SOURCE_FREE, "steps": args.steps}, eval_every=0, seed=args.seed)
     rows = []
     for name, keep in (
         ("pseudo-source (SF-MAP)", synthetic.dataset()),
@@ -104,12 +104,12 @@ def main(argv=None) -> None:
     parser.add_argument("--source", default="digits")
     parser.add_argument("--target", default="digits-m")
     parser.add_argument("--model", default="small_cnn")
-    parser.add_argument("--steps", type=int, default=None, help="default: the recipes' 400 for keep-data, 30 for speed")
+    parser.add_argument("--steps", type=int, default=None, help="default: source-free's for keep-data, 30 for speed")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output-dir", default="docs/results")
     args = parser.parse_args(argv)
     if args.steps is None:
-        args.steps = TrainConfig().steps if args.suite == "keep-data" else 30
+        args.steps = SOURCE_FREE["steps"] if args.suite == "keep-data" else 30
     if args.steps < 1:
         parser.error(f"--steps {args.steps}: expected a positive integer")
     results, table = SUITES[args.suite](args)

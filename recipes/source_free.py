@@ -33,7 +33,7 @@ from map_plugin.hub import load_config
 from map_plugin.pipeline import check_distinct_domains, check_output_dir, default_output_dir, protect
 from map_plugin.report import format_table
 from map_plugin.synthesis import SynthesisConfig, save_sample_grid, synthesize_pseudo_source
-from map_plugin.trainer import check_compatible
+from map_plugin.trainer import SOURCE_FREE, TrainConfig, check_compatible
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -53,7 +53,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     synth.add_argument("--synth-batch-size", type=int, default=d.batch_size)
     synth.add_argument("--synth-bn-weight", type=float, default=d.bn_weight, help="BN-statistics term weight")
     add_mask_arguments(parser)
-    add_training_arguments(parser)
+    add_training_arguments(parser, TrainConfig(**SOURCE_FREE))
     parser.set_defaults(target_labels="pseudo")
     add_output_arguments(parser)
     return parser.parse_args(argv)
