@@ -13,7 +13,7 @@ import torch
 
 from .compress import ORDERS, CompressConfig
 from .masks import MaskConfig, list_granularities
-from .trainer import TrainConfig
+from .trainer import KEEP_AUGMENTS, TrainConfig
 
 __all__ = [
     "add_mask_arguments",
@@ -59,6 +59,11 @@ def add_training_arguments(parser: argparse.ArgumentParser, defaults: TrainConfi
     group.add_argument(
         "--target-labels", default=d.target_labels, choices=["pseudo", "true"], help="target labels to suppress"
     )
+    group.add_argument(
+        "--keep-augment",
+        default=",".join(d.keep_augment),
+        help=f"comma-separated transforms of the keep batch, KL-only copies (some of {','.join(KEEP_AUGMENTS)})",
+    )
     group.add_argument("--eval-every", type=int, default=d.eval_every, help="evaluate every N steps (curves.png)")
     group.add_argument("--checkpoint-every", type=int, default=0, help="save a resumable checkpoint every N steps")
     group.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --output-dir")
@@ -102,6 +107,7 @@ def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
         target_labels=args.target_labels,
         eval_every=args.eval_every,
         checkpoint_every=args.checkpoint_every,
+        keep_augment=tuple(a for a in args.keep_augment.split(",") if a),
         seed=args.seed,
     )
 

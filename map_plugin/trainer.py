@@ -20,6 +20,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.data._utils.collate import default_collate
@@ -30,9 +31,11 @@ from .losses import budget_loss, keep_loss, kept_fraction, suppress_loss
 from .masks import is_masked, mask_parameters, masks_disabled
 
 __all__ = [
+    "KEEP_AUGMENTS",
     "SOURCE_FREE",
     "TrainConfig",
     "TrainResult",
+    "augment_keep",
     "evaluate_accuracy",
     "make_eval_loader",
     "step_batches",
@@ -40,6 +43,9 @@ __all__ = [
 ]
 
 _logger = logging.getLogger(__name__)
+
+#: Transforms ``augment_keep`` knows; ``TrainConfig.keep_augment`` combines any of them.
+KEEP_AUGMENTS = ("flip", "shift", "mixup")
 
 
 @dataclass
@@ -64,6 +70,10 @@ class TrainConfig:
         source_labels: use the source labels in the keep term (False: KL only).
         eval_every: evaluate the eval datasets every this many steps (0: only before and after).
         checkpoint_every: save a resumable checkpoint every this many steps (0: never).
+        keep_augment: transforms from ``KEEP_AUGMENTS`` applied, in that order, to a copy of each source batch;
+            the copies join the keep term through the KL only (no labels), so the mask must also preserve the
+            original's outputs around the source points, not only at them. It matters most for a small
+            pseudo-source set, which covers real source images poorly. Empty: off.
         seed: seed of the batch sampler and of everything else random.
     """
 
@@ -81,6 +91,7 @@ class TrainConfig:
     source_labels: bool = True
     eval_every: int = 50
     checkpoint_every: int = 0
+    keep_augment: tuple[str, ...] = ()
     seed: int = 0
 
     def __post_init__(self):
@@ -104,6 +115,10 @@ class TrainConfig:
             raise ConfigError(f"lr_decay={self.lr_decay!r} must be a fraction in [0, 1]")
         if not 0.0 <= self.budget_kept <= 1.0:
             raise ConfigError(f"budget_kept={self.budget_kept!r} must be a fraction in [0, 1]")
+        self.keep_augment = tuple(self.keep_augment)
+        unknown = [a for a in self.keep_augment if a not in KEEP_AUGMENTS]
+        if unknown:
+            raise ConfigError(f"keep_augment: unknown {unknown}; expected some of {list(KEEP_AUGMENTS)}")
         if self.target_labels not in ("pseudo", "true"):
             raise ConfigError(f"target_labels={self.target_labels!r}; expected 'pseudo' or 'true'")
 
@@ -159,6 +174,29 @@ def step_batches(
         for b in range(offset, batches_per_epoch):
             yield default_collate([dataset[int(i)] for i in shard[b * bs : (b + 1) * bs]])
         epoch, offset = epoch + 1, 0
+
+
+def augment_keep(x: torch.Tensor, kinds: tuple[str, ...], max_shift: int = 3) -> torch.Tensor:
+    """A randomly transformed copy of the image batch ``x`` ``[B, C, H, W]`` (torch's global RNG).
+
+    ``flip``: horizontal flip of half the images; ``shift``: translation by up to ``max_shift`` pixels
+    with zero fill; ``mixup``: ``m * x_i + (1 - m) * x_j`` with a random partner ``j`` and ``m ~ U(0, 1)``,
+    points between source samples (and classes) where the original's soft outputs still hold.
+    """
+    x = x.clone()
+    b = x.shape[0]
+    if "flip" in kinds:
+        flip = torch.rand(b, device=x.device) < 0.5
+        x[flip] = x[flip].flip(-1)
+    if "shift" in kinds:
+        h, w = x.shape[-2:]
+        padded = F.pad(x, [max_shift] * 4)
+        dy, dx = torch.randint(0, 2 * max_shift + 1, (2, b)).tolist()
+        x = torch.stack([padded[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(b)])
+    if "mixup" in kinds:
+        m = torch.rand(b, 1, 1, 1, device=x.device)
+        x = m * x + (1 - m) * x[torch.randperm(b, device=x.device)]
+    return x
 
 
 def make_eval_loader(dataset: Dataset, batch_size: int = 256) -> DataLoader:
@@ -301,19 +339,22 @@ def train_masks(
             group["lr"] = config.lr * min(1.0, (config.steps - state.step) / decay_steps if decay_steps else 1.0)
         xt, yt = (t.to(accelerator.device) for t in next(tgt))
         xs, ys = (t.to(accelerator.device) for t in next(src)) if src is not None else (xt[:0], yt[:0])
-        x = torch.cat([xs, xt])
+        xa = augment_keep(xs, config.keep_augment) if config.keep_augment else xs[:0]
+        x = torch.cat([xs, xt, xa])
         with torch.no_grad(), masks_disabled(raw):
             original = raw(x)
         logits = model(x)
-        n = len(xs)
+        n, m = len(xs), len(xs) + len(xt)
         if config.target_labels == "pseudo":
-            yt = original[n:].argmax(1)
+            yt = original[n:m].argmax(1)
         keep = logits.new_zeros(())
         if src is not None:
             keep = keep_loss(
                 logits[:n], original[:n], ys if config.source_labels else None, config.temperature, config.ce_weight
             )
-        suppress = suppress_loss(logits[n:], yt, config.beta)
+        if len(xa):
+            keep = keep + keep_loss(logits[m:], original[m:], None, config.temperature)
+        suppress = suppress_loss(logits[n:m], yt, config.beta)
         loss = keep - config.lam * suppress
         if config.budget_weight > 0:
             loss = loss + config.budget_weight * budget_loss(raw, config.budget_kept)

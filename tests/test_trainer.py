@@ -13,7 +13,14 @@ from map_plugin.errors import ConfigError, MaskStateError
 from map_plugin.hub import load_model
 from map_plugin.losses import budget_loss, keep_loss, kept_fraction, suppress_loss
 from map_plugin.masks import attach_masks, binary_masks, mask_state_dict
-from map_plugin.trainer import TrainConfig, evaluate_accuracy, make_eval_loader, step_batches, train_masks
+from map_plugin.trainer import (
+    TrainConfig,
+    augment_keep,
+    evaluate_accuracy,
+    make_eval_loader,
+    step_batches,
+    train_masks,
+)
 
 
 def test_keep_loss_is_zero_for_identical_logits_and_adds_ce_with_labels():
@@ -141,11 +148,33 @@ def test_checkpointing_without_a_project_folder_is_refused(digits):
         ({"lr_decay": 1.5}, "lr_decay=1.5"),
         # choices
         ({"target_labels": "gold"}, "target_labels='gold'"),
+        ({"keep_augment": ("flip", "rotate")}, "rotate"),
     ],
 )
 def test_bad_train_config_raises(kwargs, match):
     with pytest.raises(ConfigError, match=match):
         TrainConfig(**kwargs)
+
+
+def test_augment_keep_returns_a_new_batch_in_range_and_leaves_the_input():
+    torch.manual_seed(0)
+    x = torch.rand(16, 3, 32, 32)
+    before = x.clone()
+    for kinds in [("flip",), ("shift",), ("mixup",), ("flip", "shift", "mixup")]:
+        out = augment_keep(x, kinds)
+        assert out.shape == x.shape and 0.0 <= out.min() and out.max() <= 1.0
+        assert not torch.equal(out, x), kinds
+    assert torch.equal(x, before)
+
+
+def test_keep_augment_trains_and_is_reproducible(trained_digits_model, digits, digits_m):
+    masks = []
+    for _ in range(2):
+        model = attach_masks(load_model(trained_digits_model[0])[0])
+        config = TrainConfig(steps=4, lr=0.2, eval_every=0, keep_augment=("flip", "shift", "mixup"))
+        train_masks(model, digits.train, digits_m.train, config, progress=False)
+        masks.append(mask_state_dict(model))
+    assert all(torch.equal(masks[0][k], masks[1][k]) for k in masks[0])
 
 
 def test_training_without_keep_data_runs_the_suppress_term_alone(trained_digits_model, digits_m):
