@@ -21,7 +21,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from .errors import ConfigError, MaskStateError
-from .masks import MaskConfig, WeightMask, attach_masks, bake_masks, masked_modules, sparsity_stats
+from .masks import MaskConfig, attach_masks, bake_masks, mask_of, masked_modules, sparsity_stats
 from .pruner import (
     MAPPruner,
     _attention_modules,
@@ -143,7 +143,7 @@ class _MacsEstimate:
             self.fixed -= float(layer_macs[twin])
         self.groups = []  # (root scores, [(layer, is_out, idxs, root_idxs, channels)])
         for group in pruner._all_groups():
-            mask = _mask_of_module(group[0].dep.target.module)
+            mask = mask_of(group[0].dep.target.module)
             if mask is None:
                 continue
             members = []
@@ -167,12 +167,6 @@ class _MacsEstimate:
         return self.fixed + sum(
             macs * kept.get((m, True), 1.0) * kept.get((m, False), 1.0) for m, macs in self.layers.items()
         )
-
-
-def _mask_of_module(module) -> WeightMask | None:
-    if not isinstance(module, nn.Module) or not parametrize.is_parametrized(module, "weight"):
-        return None
-    return next((p for p in module.parametrizations.weight if isinstance(p, WeightMask)), None)
 
 
 def meet_macs_target(pruner: MAPPruner, max_macs: int, exact: bool = True, lower: bool = False) -> float:

@@ -19,12 +19,11 @@ import weakref
 from collections.abc import Callable, Iterable
 
 import torch
-import torch.nn.utils.parametrize as parametrize
 import torch_pruning as tp
 from torch import nn
 
 from .errors import ConfigError
-from .masks import WeightMask, masked_modules
+from .masks import mask_of, masked_modules
 
 __all__ = ["GROUP_REDUCTIONS", "MEASURES", "NORMALIZERS", "MAPImportance", "channel_values"]
 
@@ -36,12 +35,6 @@ GROUP_REDUCTIONS = ("max", "min", "mean", "sum", "prod", "first", "gate")
 NORMALIZERS = (None, "mean", "max", "sum", "standarization", "gaussian")
 
 _SCATTER = {"max": "amax", "min": "amin", "mean": "mean", "sum": "sum", "prod": "prod"}
-
-
-def _mask_of(module: nn.Module) -> WeightMask | None:
-    if not parametrize.is_parametrized(module, "weight"):
-        return None
-    return next((p for p in module.parametrizations.weight if isinstance(p, WeightMask)), None)
 
 
 def _out_dim(module: nn.Module) -> int:
@@ -57,7 +50,7 @@ def channel_values(module: nn.Module) -> dict[str, torch.Tensor] | None:
         vectors of length ``out_channels``. For a channel mask both are that channel's score and its
         0/1 mask; for an element mask, the mean over the channel's weights.
     """
-    mask = _mask_of(module)
+    mask = mask_of(module)
     if mask is None:
         return None
     scores = mask.map_scores.detach().float()

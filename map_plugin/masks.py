@@ -35,6 +35,7 @@ __all__ = [
     "load_mask_state_dict",
     "mask_parameters",
     "mask_state_dict",
+    "mask_of",
     "masked_modules",
     "masks_disabled",
     "register_granularity",
@@ -174,19 +175,17 @@ def _excluded(name: str, patterns: list[str]) -> bool:
     return any(name == p or (p.endswith(".") and name.startswith(p)) for p in patterns)
 
 
-def _mask_of(module: nn.Module) -> WeightMask | None:
-    if not parametrize.is_parametrized(module, "weight"):
+def mask_of(module) -> WeightMask | None:
+    """The ``WeightMask`` on ``module.weight``, or None (also for anything that is not a module)."""
+    if not isinstance(module, nn.Module) or not parametrize.is_parametrized(module, "weight"):
         return None
-    for p in module.parametrizations.weight:
-        if isinstance(p, WeightMask):
-            return p
-    return None
+    return next((p for p in module.parametrizations.weight if isinstance(p, WeightMask)), None)
 
 
 def masked_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module, WeightMask]]:
     """Yield ``(module_name, module, mask)`` for every masked module, in ``named_modules`` order."""
     for name, module in model.named_modules():
-        mask = _mask_of(module)
+        mask = mask_of(module)
         if mask is not None:
             yield name, module, mask
 
