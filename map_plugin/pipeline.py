@@ -158,15 +158,10 @@ def protect(
     macs_before, params_before = count_macs_params(model.eval(), example)
     eval_sets = {source_name: source_set, **target_tests}
 
-    def accuracies() -> dict[str, float]:
-        loaders = {name: accelerator.prepare(make_eval_loader(ds)) for name, ds in eval_sets.items()}
-        return {name: evaluate_accuracy(model, loader, accelerator) for name, loader in loaders.items()}
-
     extra = dict(extra_report or {})
     if structured:
         # Channel masks decide what is cut, element masks inside what remains carry the protection.
         compress_config = compress_config or CompressConfig()
-        before = {f"acc/{name}": acc for name, acc in accuracies().items()}
         latency_before = cpu_latency_ms(model, example)
         element = MaskConfig(threshold=mask_config.threshold, include_classifier=mask_config.include_classifier)
         model, info = protect_and_compress(
@@ -186,7 +181,7 @@ def protect(
         first_protect = compress_config.order == "protect_first"
         history = _joined_history(protection + structure if first_protect else structure + protection)
         stats = {"kept_fraction": info["kept_fraction"], "kept_per_layer": info["kept_per_layer"]}
-        steps = history[-1]["step"] if history else 0
+        steps = history[-1]["step"]
         latency_after = cpu_latency_ms(model, example)
         extra["structure"] = {
             **compress_config.to_dict(),
@@ -200,10 +195,11 @@ def protect(
         history, steps = result.history, result.steps
         stats = sparsity_stats(model)
         bake_masks(model)
-        before = {k: v for k, v in history[0].items() if k.startswith("acc/")}
         extra["mask_training_time_s"] = round(result.wall_time_s, 1)
 
-    after = accuracies()
+    before = {k: v for k, v in history[0].items() if k.startswith("acc/")}  # the trainer's step-0 evaluation
+    loaders = {name: accelerator.prepare(make_eval_loader(ds)) for name, ds in eval_sets.items()}
+    after = {name: evaluate_accuracy(model, loader, accelerator) for name, loader in loaders.items()}
     macs_after, params_after = count_macs_params(model, example)
     nonzero = sum(int((p != 0).sum()) for p in model.parameters())
 
