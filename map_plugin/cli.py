@@ -64,6 +64,12 @@ def add_training_arguments(parser: argparse.ArgumentParser, defaults: TrainConfi
         default=",".join(d.keep_augment),
         help=f"comma-separated transforms of the keep batch, KL-only copies (some of {','.join(KEEP_AUGMENTS)})",
     )
+    group.add_argument(
+        "--keep-adversarial",
+        type=float,
+        default=d.keep_adversarial,
+        help="radius (pixels in [0, 1]) of KL-only keep copies moved towards disagreement (0: off)",
+    )
     group.add_argument("--eval-every", type=int, default=d.eval_every, help="evaluate every N steps (curves.png)")
     group.add_argument("--checkpoint-every", type=int, default=0, help="save a resumable checkpoint every N steps")
     group.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --output-dir")
@@ -105,6 +111,7 @@ def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
         beta=args.beta,
         temperature=args.temperature,
         target_labels=args.target_labels,
+        keep_adversarial=args.keep_adversarial,
         eval_every=args.eval_every,
         checkpoint_every=args.checkpoint_every,
         keep_augment=tuple(a for a in args.keep_augment.split(",") if a),

@@ -74,6 +74,11 @@ class TrainConfig:
             the copies join the keep term through the KL only (no labels), so the mask must also preserve the
             original's outputs around the source points, not only at them. It matters most for a small
             pseudo-source set, which covers real source images poorly. Empty: off.
+        keep_adversarial: radius ``eps`` (pixel units, images in [0, 1]) of a copy of each source batch moved
+            one signed-gradient step, from a random start, towards where the masked model and the original
+            disagree most; the copy joins the keep term through the KL only. Synthetic keep data are
+            confidently classified and far from the decision boundaries, where a mask can move real source
+            images unnoticed; these copies find such points near the keep data. 0: off.
         seed: seed of the batch sampler and of everything else random.
     """
 
@@ -92,6 +97,7 @@ class TrainConfig:
     eval_every: int = 50
     checkpoint_every: int = 0
     keep_augment: tuple[str, ...] = ()
+    keep_adversarial: float = 0.0
     seed: int = 0
 
     def __post_init__(self):
@@ -107,7 +113,7 @@ class TrainConfig:
             value = getattr(self, name)
             if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
                 raise ConfigError(f"{name}={value!r} must be a positive number")
-        for name in ("lam", "ce_weight", "budget_weight"):
+        for name in ("lam", "ce_weight", "budget_weight", "keep_adversarial"):
             value = getattr(self, name)
             if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
                 raise ConfigError(f"{name}={value!r} must be a non-negative number")
@@ -197,6 +203,29 @@ def augment_keep(x: torch.Tensor, kinds: tuple[str, ...], max_shift: int = 3) ->
         m = torch.rand(b, 1, 1, 1, device=x.device)
         x = m * x + (1 - m) * x[torch.randperm(b, device=x.device)]
     return x
+
+
+def adversarial_keep(model: nn.Module, x: torch.Tensor, eps: float, temperature: float) -> torch.Tensor:
+    """A copy of ``x`` moved within ``eps`` (L-inf) to where the masked ``model`` departs most from the original.
+
+    One signed-gradient ascent step on ``KL(original || masked)`` at temperature ``temperature``, from a
+    uniform random start in the ``eps`` ball (at the first step the two models agree, so the gradient at
+    ``x`` itself is zero), projected back into the ball. Only the input gets a gradient; the mask scores
+    are untouched.
+    """
+    start = (x + torch.empty_like(x).uniform_(-eps, eps)).clamp(0, 1).requires_grad_(True)
+    with torch.enable_grad():
+        with masks_disabled(model):
+            original = model(start)
+        divergence = F.kl_div(
+            F.log_softmax(model(start) / temperature, 1),
+            F.log_softmax(original / temperature, 1),
+            log_target=True,
+            reduction="batchmean",
+        )
+        (grad,) = torch.autograd.grad(divergence, start)
+    moved = start.detach() + 1.25 * eps * grad.sign()
+    return (x + (moved - x).clamp(-eps, eps)).clamp(0, 1)
 
 
 def make_eval_loader(dataset: Dataset, batch_size: int = 256) -> DataLoader:
@@ -340,6 +369,9 @@ def train_masks(
         xt, yt = (t.to(accelerator.device) for t in next(tgt))
         xs, ys = (t.to(accelerator.device) for t in next(src)) if src is not None else (xt[:0], yt[:0])
         xa = augment_keep(xs, config.keep_augment) if config.keep_augment else xs[:0]
+        n_aug = len(xa)
+        if config.keep_adversarial and len(xs):
+            xa = torch.cat([xa, adversarial_keep(raw, xs, config.keep_adversarial, config.temperature)])
         x = torch.cat([xs, xt, xa])
         with torch.no_grad(), masks_disabled(raw):
             original = raw(x)
@@ -365,7 +397,11 @@ def train_masks(
         bar.update(1)
         if state.step % 10 == 0 or state.step == config.steps:
             bar.set_postfix(keep=f"{keep.item():.3f}", suppress=f"{suppress.item():.3f}")
-            state.history.append({"step": state.step, "keep": keep.item(), "suppress": suppress.item()})
+            row = {"step": state.step, "keep": keep.item(), "suppress": suppress.item()}
+            if len(xa) > n_aug:  # how far the masked model strays at the adversarial copies alone
+                adversarial = keep_loss(logits[m + n_aug :].detach(), original[m + n_aug :], None, config.temperature)
+                row["keep_adversarial"] = adversarial.item()
+            state.history.append(row)
         if config.eval_every and state.step % config.eval_every == 0:
             evaluate(state.step)
         if config.checkpoint_every and state.step % config.checkpoint_every == 0:

@@ -15,6 +15,7 @@ from map_plugin.losses import budget_loss, keep_loss, kept_fraction, suppress_lo
 from map_plugin.masks import attach_masks, binary_masks, mask_state_dict
 from map_plugin.trainer import (
     TrainConfig,
+    adversarial_keep,
     augment_keep,
     evaluate_accuracy,
     make_eval_loader,
@@ -149,6 +150,7 @@ def test_checkpointing_without_a_project_folder_is_refused(digits):
         # choices
         ({"target_labels": "gold"}, "target_labels='gold'"),
         ({"keep_augment": ("flip", "rotate")}, "rotate"),
+        ({"keep_adversarial": -0.1}, "keep_adversarial"),
     ],
 )
 def test_bad_train_config_raises(kwargs, match):
@@ -175,6 +177,44 @@ def test_keep_augment_trains_and_is_reproducible(trained_digits_model, digits, d
         train_masks(model, digits.train, digits_m.train, config, progress=False)
         masks.append(mask_state_dict(model))
     assert all(torch.equal(masks[0][k], masks[1][k]) for k in masks[0])
+
+
+def _divergence(model, x, temperature=2.0):
+    """Per-batch KL(original || masked) at ``x``."""
+    from map_plugin.masks import masks_disabled
+
+    with torch.no_grad():
+        with masks_disabled(model):
+            original = model(x)
+        return keep_loss(model(x), original, None, temperature).item()
+
+
+def test_adversarial_keep_moves_within_eps_towards_disagreement(trained_digits_model, digits):
+    model = attach_masks(load_model(trained_digits_model[0])[0]).eval()
+    torch.manual_seed(0)
+    with torch.no_grad():  # a partly pruned mask, so the masked model and the original disagree somewhere
+        for name, p in model.named_parameters():
+            if name.endswith("map_scores"):
+                p.sub_(torch.rand_like(p) * 0.505)  # about 1% pruned
+    x = torch.stack([digits.test[i][0] for i in range(64)])
+    scores = {n: p.detach().clone() for n, p in model.named_parameters() if n.endswith("map_scores")}
+    moved = adversarial_keep(model, x, eps=0.03, temperature=2.0)
+    assert (moved - x).abs().max().item() <= 0.03 + 1e-6 and 0.0 <= moved.min() and moved.max() <= 1.0
+    noise = (x + torch.empty_like(x).uniform_(-0.03, 0.03)).clamp(0, 1)
+    assert _divergence(model, moved) > 1.5 * _divergence(model, noise) > 0
+    named = dict(model.named_parameters())
+    assert all(named[n].grad is None and torch.equal(named[n], v) for n, v in scores.items())
+
+
+def test_keep_adversarial_trains_and_is_reproducible(trained_digits_model, digits, digits_m):
+    masks = []
+    for _ in range(2):
+        model = attach_masks(load_model(trained_digits_model[0])[0])
+        config = TrainConfig(steps=4, lr=0.2, eval_every=0, keep_adversarial=0.03)
+        train_masks(model, digits.train, digits_m.train, config, progress=False)
+        masks.append(mask_state_dict(model))
+    assert all(torch.equal(masks[0][k], masks[1][k]) for k in masks[0])
+    assert any((m < 1).any() for m in masks[0].values())
 
 
 def test_training_without_keep_data_runs_the_suppress_term_alone(trained_digits_model, digits_m):
