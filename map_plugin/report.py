@@ -1,4 +1,4 @@
-"""Run reports: ``report.json`` (the schema of DESIGN.md), ``report.md`` (the same as a table) and ``curves.png``.
+"""Run reports: ``report.json`` (the schema of DESIGN.md), ``report.md`` (the same as a table), ``history.json`` and ``curves.png``.
 
 Accuracies are fractions; drops are points. ``target_drop`` and ``st_d`` use the first target.
 """
@@ -153,10 +153,12 @@ def plot_curves(history: list[dict], path: str | os.PathLike, title: str = "") -
 
 
 def write_report(report: dict, history: list[dict], output_dir: str | os.PathLike) -> dict[str, Path]:
-    """Write ``report.json``, ``report.md`` and ``curves.png`` into ``output_dir``."""
+    """Write ``report.json``, ``report.md``, ``history.json`` (the losses and evaluations behind the curves)
+    and ``curves.png`` into ``output_dir``."""
     output_dir = Path(output_dir)
     return {
         "json": write_json(output_dir / "report.json", report),
+        "history": write_json(output_dir / "history.json", history),
         "md": write_text(output_dir / "report.md", format_table(report)),
         "curves": plot_curves(history, output_dir / "curves.png", f"{report['scenario']}: {report['model']}"),
     }

@@ -1,8 +1,8 @@
 """SA-MAP: protect a trained classifier when its source data is available.
 
 Learns a binary mask over the frozen model so that it keeps its accuracy on the source domain and
-falls to chance on the target domain; writes report.json, report.md, curves.png and the protected
-model (masks baked in) to --output-dir.
+falls to chance on the target domain; writes report.json, report.md, history.json, curves.png and
+the protected model (masks baked in) to --output-dir.
 
     python recipes/source_available.py                                   # digits -> digits-m, small CNN
     python recipes/source_available.py --source fashion --target fashion-m
@@ -86,7 +86,7 @@ def main(argv=None) -> dict:
     )
     if accelerator.is_main_process:
         print(format_table(report))
-        print(f"wrote {output_dir}/ (report.json, report.md, curves.png, model/)")
+        print(f"wrote {output_dir}/ (report.json, report.md, history.json, curves.png, model/)")
     return report
 
 

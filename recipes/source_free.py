@@ -3,7 +3,7 @@
 The source training data is gone or private: a pseudo-source set is synthesized by inverting the
 frozen model, and the mask is trained to keep the model's behaviour on it while suppressing the
 (unlabelled) target domain. Real source data is read only through its *test* split, to evaluate.
-Writes report.json, report.md, curves.png, synthetic_samples.png and model/ to --output-dir.
+Writes report.json, report.md, history.json, curves.png, synthetic_samples.png and model/ to --output-dir.
 
     accelerate launch recipes/source_free.py                      # digits model, target digits-m
     python recipes/source_free.py --source-model models/fashion --target fashion-m
@@ -126,7 +126,7 @@ def main(argv=None) -> dict:
             f"pseudo-source{cached}: {len(synthetic)} samples, "
             f"{100 * s['intended_class_accuracy']:.1f}% classified as intended{bn}"
         )
-        print(f"wrote {output_dir}/ (report.json, report.md, curves.png, synthetic_samples.png, model/)")
+        print(f"wrote {output_dir}/ (report.json, report.md, history.json, curves.png, synthetic_samples.png, model/)")
     return report
 
 

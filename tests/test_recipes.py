@@ -64,16 +64,21 @@ def test_source_available_through_accelerate_launch(tmp_path, trained_digits_mod
     assert report["source"]["before"] >= 0.9
     for name in ("report.md", "curves.png", "model/model.safetensors", "model/config.json"):
         assert (out / name).is_file(), name
+    history = json.loads((out / "history.json").read_text())
+    assert [h["step"] for h in history if "acc/digits" in h][-1] == 4 and any("suppress" in h for h in history)
     assert "| digits-m | target |" in proc.stdout and "ST-D" in proc.stdout
 
 
 def test_two_process_run_trains_one_shared_mask(tmp_path, trained_digits_model):
     out = tmp_path / "run"
-    args = ["recipes/source_available.py", "--cpu", "--source-model", trained_digits_model[0], "--steps", "3"]
+    args = ["recipes/source_available.py", "--cpu", "--source-model", trained_digits_model[0], "--steps", "10"]
+    args += ["--keep-augment", "flip,shift,mixup", "--keep-adversarial", "0.03"]  # the keep copies under DDP
     proc = _launch(args + ["--eval-every", "0", "--output-dir", str(out), "--no-progress"], tmp_path, processes=2)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((out / "report.json").read_text())
     assert report["world_size"] == 2
+    history = json.loads((out / "history.json").read_text())
+    assert [h["keep_adversarial"] for h in history if "keep_adversarial" in h], "adversarial copies were trained on"
     assert proc.stdout.count("### source_available") == 1, "only the main process prints the table"
 
 
