@@ -1,4 +1,5 @@
-"""Run reports: ``report.json`` (the schema of DESIGN.md), ``report.md`` (the same as a table), ``history.json`` and ``curves.png``.
+"""Run reports: ``report.json`` (the schema of DESIGN.md), ``report.md`` (the same as a table), ``history.json``
+(the numbers behind the curves) and ``curves.png``.
 
 Accuracies are fractions; drops are points. ``target_drop`` and ``st_d`` use the first target.
 """

@@ -214,6 +214,7 @@ def adversarial_keep(model: nn.Module, x: torch.Tensor, eps: float, temperature:
     are untouched.
     """
     start = (x + torch.empty_like(x).uniform_(-eps, eps)).clamp(0, 1).requires_grad_(True)
+    # Not keep_loss: it detaches the original's logits, which here depend on the input as well.
     with torch.enable_grad():
         with masks_disabled(model):
             original = model(start)

@@ -3,7 +3,8 @@
 The source training data is gone or private: a pseudo-source set is synthesized by inverting the
 frozen model, and the mask is trained to keep the model's behaviour on it while suppressing the
 (unlabelled) target domain. Real source data is read only through its *test* split, to evaluate.
-Writes report.json, report.md, history.json, curves.png, synthetic_samples.png and model/ to --output-dir.
+Writes report.json, report.md, history.json, curves.png, synthetic_samples.png and model/ to
+--output-dir.
 
     accelerate launch recipes/source_free.py                      # digits model, target digits-m
     python recipes/source_free.py --source-model models/fashion --target fashion-m
