@@ -70,6 +70,17 @@ def add_training_arguments(parser: argparse.ArgumentParser, defaults: TrainConfi
         default=d.keep_adversarial,
         help="radius (pixels in [0, 1]) of KL-only keep copies moved towards disagreement (0: off)",
     )
+    group.add_argument(
+        "--suppress-target",
+        type=float,
+        default=d.suppress_target,
+        help="suppress level to reach: --lambda becomes its start, then moves per run (0: --lambda fixed)",
+    )
+    group.add_argument("--lambda-max", dest="lam_max", type=float, default=d.lam_max, help="upper bound of lambda")
+    group.add_argument("--dual-lr", type=float, default=d.dual_lr, help="step size of the updates of lambda")
+    group.add_argument(
+        "--dual-start", type=float, default=d.dual_start, help="fraction of the steps before lambda first moves"
+    )
     group.add_argument("--eval-every", type=int, default=d.eval_every, help="evaluate every N steps (curves.png)")
     group.add_argument("--checkpoint-every", type=int, default=0, help="save a resumable checkpoint every N steps")
     group.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --output-dir")
@@ -112,6 +123,10 @@ def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
         temperature=args.temperature,
         target_labels=args.target_labels,
         keep_adversarial=args.keep_adversarial,
+        suppress_target=args.suppress_target,
+        dual_lr=args.dual_lr,
+        lam_max=args.lam_max,
+        dual_start=args.dual_start,
         eval_every=args.eval_every,
         checkpoint_every=args.checkpoint_every,
         keep_augment=tuple(a for a in args.keep_augment.split(",") if a),

@@ -19,7 +19,7 @@ from torch import nn
 
 from .masks import masked_modules
 
-__all__ = ["budget_loss", "keep_loss", "kept_fraction", "suppress_loss"]
+__all__ = ["budget_loss", "keep_loss", "kept_fraction", "suppress_level", "suppress_loss"]
 
 
 def keep_loss(
@@ -68,6 +68,22 @@ def suppress_loss(masked_logits: torch.Tensor, labels: torch.Tensor, beta: float
         A scalar tensor in ``[0, beta]``.
     """
     return torch.clamp(F.cross_entropy(masked_logits, labels, reduction="none"), max=float(beta)).mean()
+
+
+def suppress_level(masked_logits: torch.Tensor, labels: torch.Tensor, beta: float = 5.0) -> torch.Tensor:
+    """The suppress term over the target samples whose label is not the class the masked model gives most.
+
+    Suppression tends to send the whole target to one class. The samples that the original already put
+    in that class then keep their label whatever the mask does, and hold ``suppress_loss`` down by an
+    amount that depends on which class the target fell into, not on how far suppression got; this level
+    leaves them out. It is the measure ``TrainConfig.suppress_target`` holds a run to.
+    """
+    answers = masked_logits.argmax(1)
+    dominant = torch.bincount(answers, minlength=masked_logits.shape[1]).argmax()
+    movable = labels != dominant
+    if not movable.any():
+        return suppress_loss(masked_logits, labels, beta)
+    return suppress_loss(masked_logits[movable], labels[movable], beta)
 
 
 def kept_fraction(model: nn.Module) -> torch.Tensor:

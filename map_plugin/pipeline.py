@@ -196,6 +196,12 @@ def protect(
         stats = sparsity_stats(model)
         bake_masks(model)
         extra["mask_training_time_s"] = round(result.wall_time_s, 1)
+        if train_config.suppress_target:
+            extra["lambda"] = {
+                "start": train_config.lam,
+                "end": result.lam,
+                "suppress_target": train_config.suppress_target,
+            }
 
     before = {k: v for k, v in history[0].items() if k.startswith("acc/")}  # the trainer's step-0 evaluation
     loaders = {name: accelerator.prepare(make_eval_loader(ds)) for name, ds in eval_sets.items()}

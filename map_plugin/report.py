@@ -103,6 +103,13 @@ def format_table(report: dict) -> str:
         f"{report['macs']['after']:,.0f}; parameters {report['params']['before']:,} -> {report['params']['after']:,}",
         f"- wall time: {report['wall_time_s']:.1f} s",
     ]
+    if "lambda" in report:
+        lam = report["lambda"]
+        lines.insert(
+            -1,
+            f"- suppress weight lambda {lam['start']:.3g} -> {lam['end']:.3g}, set by the run to hold the "
+            f"suppress term at {lam['suppress_target']:.3g}",
+        )
     if "structure" in report:
         s, lat = report["structure"], report["latency_ms"]
         lines.insert(
@@ -117,7 +124,8 @@ def format_table(report: dict) -> str:
 def plot_curves(history: list[dict], path: str | os.PathLike, title: str = "") -> Path:
     """Plot every ``acc/<name>`` series of ``history`` against the step, as a PNG (atomically).
 
-    Rows tagged with a ``stage`` (structured runs) get a dashed line where a new stage begins.
+    Rows tagged with a ``stage`` (structured runs) get a dashed line where a new stage begins. A suppress
+    weight that the run moved (``TrainConfig.suppress_target``) is drawn on a second axis.
     """
     import matplotlib
 
@@ -144,7 +152,16 @@ def plot_curves(history: list[dict], path: str | os.PathLike, title: str = "") -
     ax.set_ylabel("test accuracy (%)")
     ax.set_ylim(0, 100)
     ax.grid(alpha=0.3)
-    ax.legend()
+    handles, labels = ax.get_legend_handles_labels()
+    lams = [(row["step"], row["lam"]) for row in history if "lam" in row]
+    if len({lam for _, lam in lams}) > 1:
+        right = ax.twinx()
+        xs, ys = zip(*lams, strict=True)
+        (line,) = right.plot(xs, ys, color="grey", linestyle=":", label="λ (right axis)")
+        right.set_ylabel("suppress weight λ")
+        right.set_ylim(bottom=0)
+        handles, labels = handles + [line], labels + [line.get_label()]
+    ax.legend(handles, labels)
     if title:
         ax.set_title(title, fontsize=9)
     fig.tight_layout()

@@ -27,7 +27,7 @@ from torch.utils.data._utils.collate import default_collate
 from tqdm.auto import tqdm
 
 from .errors import ConfigError, DomainMismatchError, MaskStateError
-from .losses import budget_loss, keep_loss, kept_fraction, suppress_loss
+from .losses import budget_loss, keep_loss, kept_fraction, suppress_level, suppress_loss
 from .masks import is_masked, mask_parameters, masks_disabled
 
 __all__ = [
@@ -60,7 +60,7 @@ class TrainConfig:
             With a constant rate, scores near the threshold keep flipping until the last step and
             the final mask is a random draw among them; a decay lets the mask settle.
         batch_size: source and target samples per step and per process (64 + 64).
-        lam: weight of the suppress term.
+        lam: weight of the suppress term (its starting value when ``suppress_target`` is set).
         beta: per-sample clamp of the target cross-entropy.
         temperature: temperature of the keep KL.
         ce_weight: weight of the cross-entropy on source labels (when the source is labelled).
@@ -79,6 +79,17 @@ class TrainConfig:
             disagree most; the copy joins the keep term through the KL only. Synthetic keep data are
             confidently classified and far from the decision boundaries, where a mask can move real source
             images unnoticed; these copies find such points near the keep data. 0: off.
+        suppress_target: a level the suppress term must reach, as a constraint, with ``lam`` its multiplier:
+            from ``dual_start`` on, ``lam *= exp(dual_lr * (suppress_target - level))`` every step, where
+            ``level`` is ``suppress_level`` of the target batch (the samples that the original puts in the
+            class the masked model gives most are left out). A fixed ``lam`` suppresses one target too
+            little and costs another's source too much; the constraint finds each run's ``lam``.
+            In ``(0, beta)``; 0: ``lam`` stays fixed.
+        lam_max: upper bound of ``lam`` under the constraint: a target that never reaches the level would
+            otherwise raise ``lam`` until the keep term no longer counts.
+        dual_lr: step size of the update of ``log lam``, per step and per unit of shortfall.
+        dual_start: fraction of the run before the first update of ``lam``: the first masks flip after
+            about ``0.5 / lr`` steps, and a shortfall measured before them says nothing about ``lam``.
         seed: seed of the batch sampler and of everything else random.
     """
 
@@ -98,6 +109,10 @@ class TrainConfig:
     checkpoint_every: int = 0
     keep_augment: tuple[str, ...] = ()
     keep_adversarial: float = 0.0
+    suppress_target: float = 0.0
+    lam_max: float = 2.0
+    dual_lr: float = 0.02
+    dual_start: float = 0.25
     seed: int = 0
 
     def __post_init__(self):
@@ -109,16 +124,26 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ConfigError(f"{name}={value!r} must be a non-negative integer")
-        for name in ("lr", "beta", "temperature"):
+        for name in ("lr", "beta", "temperature", "lam_max"):
             value = getattr(self, name)
             if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
                 raise ConfigError(f"{name}={value!r} must be a positive number")
-        for name in ("lam", "ce_weight", "budget_weight", "keep_adversarial"):
+        for name in ("lam", "ce_weight", "budget_weight", "keep_adversarial", "suppress_target", "dual_lr"):
             value = getattr(self, name)
             if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
                 raise ConfigError(f"{name}={value!r} must be a non-negative number")
-        if not (isinstance(self.lr_decay, int | float) and 0.0 <= self.lr_decay <= 1.0):
-            raise ConfigError(f"lr_decay={self.lr_decay!r} must be a fraction in [0, 1]")
+        for name in ("lr_decay", "dual_start"):
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and 0.0 <= value <= 1.0):
+                raise ConfigError(f"{name}={value!r} must be a fraction in [0, 1]")
+        if self.suppress_target and not self.suppress_target < self.beta:
+            raise ConfigError(
+                f"suppress_target={self.suppress_target!r} must be below beta={self.beta!r}, the most suppress can be"
+            )
+        if self.suppress_target and not self.lam <= self.lam_max:
+            raise ConfigError(f"lam={self.lam!r} must not exceed lam_max={self.lam_max!r}")
+        if self.suppress_target and self.lam == 0:
+            raise ConfigError("suppress_target needs lam > 0: lam is updated by a factor and cannot leave 0")
         if not 0.0 <= self.budget_kept <= 1.0:
             raise ConfigError(f"budget_kept={self.budget_kept!r} must be a fraction in [0, 1]")
         self.keep_augment = tuple(self.keep_augment)
@@ -143,20 +168,23 @@ class TrainResult:
     steps: int = 0
     wall_time_s: float = 0.0
     kept_fraction: float = 1.0
+    lam: float = 0.0  # the suppress weight at the end: moved by the run when ``suppress_target`` is set
 
 
 class _TrainState:
     """Step counter and history; registered with Accelerate so ``save_state`` checkpoints them."""
 
-    def __init__(self):
+    def __init__(self, lam: float):
         self.step = 0
+        self.lam = lam  # moves during the run when TrainConfig.suppress_target is set
         self.history: list[dict] = []
 
     def state_dict(self) -> dict:
-        return {"step": self.step, "history": self.history}
+        return {"step": self.step, "lam": self.lam, "history": self.history}
 
     def load_state_dict(self, state: dict) -> None:
         self.step, self.history = int(state["step"]), list(state["history"])
+        self.lam = float(state.get("lam", self.lam))  # checkpoints from before the constraint hold no lam
 
 
 def step_batches(
@@ -334,7 +362,7 @@ def train_masks(
     model, optimizer = accelerator.prepare(model, optimizer)
     raw = accelerator.unwrap_model(model)
     eval_loaders = {k: accelerator.prepare(make_eval_loader(v)) for k, v in (eval_sets or {}).items()}
-    state = _TrainState()
+    state = _TrainState(float(config.lam))
     accelerator.register_for_checkpointing(state)
     checkpoints = os.path.join(project_dir, "checkpoints") if project_dir else None
     if resume and checkpoints and os.path.isdir(checkpoints) and os.listdir(checkpoints):
@@ -363,6 +391,7 @@ def train_masks(
         disable=not (progress and accelerator.is_local_main_process),
     )
     decay_steps = round(config.lr_decay * config.steps)
+    dual_from = round(config.dual_start * config.steps)
     while state.step < config.steps:
         # The rate is a pure function of the step, so a resumed run follows the same schedule.
         for group in optimizer.param_groups:
@@ -388,17 +417,30 @@ def train_masks(
         if len(xa):
             keep = keep + keep_loss(logits[m:], original[m:], None, config.temperature)
         suppress = suppress_loss(logits[n:m], yt, config.beta)
-        loss = keep - config.lam * suppress
+        loss = keep - state.lam * suppress
         if config.budget_weight > 0:
             loss = loss + config.budget_weight * budget_loss(raw, config.budget_kept)
         accelerator.backward(loss)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        level = suppress_level(logits[n:m].detach(), yt, config.beta)
+        if config.suppress_target and state.step >= dual_from:
+            # Every process sees its own target batch; they agree on one lam through the mean.
+            level = accelerator.reduce(level, reduction="mean")
+            state.lam = min(
+                config.lam_max, state.lam * math.exp(config.dual_lr * (config.suppress_target - level.item()))
+            )
         state.step += 1
         bar.update(1)
         if state.step % 10 == 0 or state.step == config.steps:
             bar.set_postfix(keep=f"{keep.item():.3f}", suppress=f"{suppress.item():.3f}")
-            row = {"step": state.step, "keep": keep.item(), "suppress": suppress.item()}
+            row = {
+                "step": state.step,
+                "keep": keep.item(),
+                "suppress": suppress.item(),
+                "suppress_level": level.item(),
+                "lam": state.lam,
+            }
             if len(xa) > n_aug:  # how far the masked model strays at the adversarial copies alone
                 adversarial = keep_loss(logits[m + n_aug :].detach(), original[m + n_aug :], None, config.temperature)
                 row["keep_adversarial"] = adversarial.item()
@@ -412,7 +454,11 @@ def train_masks(
     with torch.no_grad():
         kept = kept_fraction(raw).item()
     return TrainResult(
-        history=state.history, steps=state.step, wall_time_s=time.perf_counter() - start, kept_fraction=kept
+        history=state.history,
+        steps=state.step,
+        wall_time_s=time.perf_counter() - start,
+        kept_fraction=kept,
+        lam=state.lam,
     )
 
 

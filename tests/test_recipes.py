@@ -73,12 +73,17 @@ def test_two_process_run_trains_one_shared_mask(tmp_path, trained_digits_model):
     out = tmp_path / "run"
     args = ["recipes/source_available.py", "--cpu", "--source-model", trained_digits_model[0], "--steps", "10"]
     args += ["--keep-augment", "flip,shift,mixup", "--keep-adversarial", "0.03"]  # the keep copies under DDP
+    args += ["--suppress-target", "4.5", "--dual-start", "0"]  # and lambda, from the level of both processes
     proc = _launch(args + ["--eval-every", "0", "--output-dir", str(out), "--no-progress"], tmp_path, processes=2)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((out / "report.json").read_text())
     assert report["world_size"] == 2
     history = json.loads((out / "history.json").read_text())
     assert [h["keep_adversarial"] for h in history if "keep_adversarial" in h], "adversarial copies were trained on"
+    lams = [h["lam"] for h in history if "lam" in h]
+    assert report["lambda"]["start"] == 0.5 and report["lambda"]["end"] == lams[-1] > 0.5, (
+        "a short target raises lambda"
+    )
     assert proc.stdout.count("### source_available") == 1, "only the main process prints the table"
 
 

@@ -11,7 +11,7 @@ from accelerate.utils import ProjectConfiguration
 
 from map_plugin.errors import ConfigError, MaskStateError
 from map_plugin.hub import load_model
-from map_plugin.losses import budget_loss, keep_loss, kept_fraction, suppress_loss
+from map_plugin.losses import budget_loss, keep_loss, kept_fraction, suppress_level, suppress_loss
 from map_plugin.masks import attach_masks, binary_masks, mask_parameters, mask_state_dict
 from map_plugin.trainer import (
     TrainConfig,
@@ -36,6 +36,19 @@ def test_suppress_loss_clamps_each_sample_at_beta():
     logits = torch.tensor([[10.0, -10.0], [0.0, 0.0]])
     labels = torch.tensor([1, 0])  # first sample: CE = 20, clamped to 5; second: ln 2
     assert suppress_loss(logits, labels, beta=5.0).item() == pytest.approx((5.0 + 0.6931) / 2, rel=1e-3)
+
+
+def test_suppress_level_leaves_out_the_samples_labelled_with_the_dominant_class():
+    answers = torch.tensor([2, 2, 2, 2, 0, 1])
+    logits = 20.0 * torch.nn.functional.one_hot(answers, 4).float()
+    # Samples 0-1 are labelled with the dominant answer 2 and are left out; of the other four, samples 2, 3
+    # and 5 are wrong (CE 20, clamped at 5) and sample 4 is right (CE about 0).
+    labels = torch.tensor([2, 2, 1, 3, 0, 3])
+    assert suppress_level(logits, labels, beta=5.0).item() == pytest.approx(15 / 4, rel=1e-4)
+    assert suppress_loss(logits, labels, beta=5.0).item() == pytest.approx(15 / 6, rel=1e-4)
+    # Nothing outside the dominant class: the plain suppress term.
+    same = torch.full((6,), 2)
+    assert suppress_level(logits, same).item() == pytest.approx(suppress_loss(logits, same).item())
 
 
 def test_budget_term_counts_weights_and_vanishes_under_budget():
@@ -92,17 +105,20 @@ def test_resumed_training_equals_uninterrupted_training(tmp_path, trained_digits
             cpu=True, project_config=ProjectConfiguration(project_dir=str(folder), automatic_checkpoint_naming=True)
         )
         model = attach_masks(load_model(trained_digits_model[0])[0])
-        config = TrainConfig(steps=8, lr=0.1, lr_decay=lr_decay, eval_every=0, checkpoint_every=4)
+        config = TrainConfig(
+            steps=8, lr=0.1, lr_decay=lr_decay, eval_every=0, checkpoint_every=4, suppress_target=4.0, dual_start=0.0
+        )
         result = train_masks(model, digits.train, digits_m.train, config, accelerator, progress=False, resume=resume)
         return mask_state_dict(model), result
 
-    straight, _ = run(tmp_path / "a", resume=False)
+    straight, straight_result = run(tmp_path / "a", resume=False)
     run(tmp_path / "b", resume=False)
     # An interruption between steps 4 and 8: only the step-4 checkpoint survives.
     shutil.rmtree(tmp_path / "b" / "checkpoints" / "checkpoint_1")
     resumed, result = run(tmp_path / "b", resume=True)
     assert result.steps == 8 and (tmp_path / "b" / "checkpoints" / "checkpoint_1").is_dir()
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+    assert result.lam == straight_result.lam and result.lam != TrainConfig().lam  # the constraint's lam resumes too
 
 
 def test_lr_decay_slows_the_scores_at_the_end(trained_digits_model, digits, digits_m):
@@ -115,6 +131,38 @@ def test_lr_decay_slows_the_scores_at_the_end(trained_digits_model, digits, digi
         moved[decay] = (1.0 - scores).abs().mean().item()
     # Adam moves each score by about lr per step: 10 * lr at a constant rate, about half with a full decay.
     assert 0.3 * moved[0.0] < moved[1.0] < 0.7 * moved[0.0], moved
+
+
+def _lams(result):
+    return [row["lam"] for row in result.history if "lam" in row]
+
+
+@pytest.mark.parametrize("level, direction", [(4.5, "up"), (0.05, "down")])
+def test_suppress_target_moves_lam_towards_the_constraint(trained_digits_model, digits, digits_m, level, direction):
+    model = attach_masks(load_model(trained_digits_model[0])[0])
+    config = TrainConfig(
+        steps=40, lr=0.02, eval_every=0, suppress_target=level, dual_lr=0.05, dual_start=0.5, lam_max=100.0
+    )
+    result = train_masks(model, digits.train, digits_m.train, config, progress=False)
+    lams = _lams(result)
+    # Untouched before dual_start (rows at steps 10 and 20), then moved every step in one direction.
+    assert lams[:2] == [config.lam, config.lam]
+    moved = [b - a for a, b in zip(lams[1:-1], lams[2:], strict=True)]
+    assert all(d > 0 for d in moved) if direction == "up" else all(d < 0 for d in moved), lams
+    assert result.lam == lams[-1]
+
+
+def test_lam_max_bounds_lam(trained_digits_model, digits, digits_m):
+    model = attach_masks(load_model(trained_digits_model[0])[0])
+    config = TrainConfig(steps=20, eval_every=0, suppress_target=4.5, dual_lr=0.1, dual_start=0.0, lam_max=0.8)
+    result = train_masks(model, digits.train, digits_m.train, config, progress=False)
+    assert max(_lams(result)) == result.lam == 0.8
+
+
+def test_fixed_lam_stays_fixed(trained_digits_model, digits, digits_m):
+    model = attach_masks(load_model(trained_digits_model[0])[0])
+    result = train_masks(model, digits.train, digits_m.train, TrainConfig(steps=20, eval_every=0), progress=False)
+    assert set(_lams(result)) == {TrainConfig().lam} and result.lam == TrainConfig().lam
 
 
 def test_train_masks_refuses_an_unmasked_model(digits):
@@ -151,6 +199,13 @@ def test_checkpointing_without_a_project_folder_is_refused(digits):
         ({"target_labels": "gold"}, "target_labels='gold'"),
         ({"keep_augment": ("flip", "rotate")}, "rotate"),
         ({"keep_adversarial": -0.1}, "keep_adversarial"),
+        # the suppress constraint
+        ({"suppress_target": 5.0}, "below beta"),
+        ({"suppress_target": -1.0}, "suppress_target=-1.0"),
+        ({"suppress_target": 3.0, "lam": 0.0}, "lam > 0"),
+        ({"dual_start": 1.5}, "dual_start=1.5"),
+        ({"dual_lr": -0.01}, "dual_lr=-0.01"),
+        ({"suppress_target": 3.0, "lam": 0.5, "lam_max": 0.4}, "lam_max=0.4"),
     ],
 )
 def test_bad_train_config_raises(kwargs, match):
