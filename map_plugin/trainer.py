@@ -398,7 +398,7 @@ def train_masks(
             group["lr"] = config.lr * min(1.0, (config.steps - state.step) / decay_steps if decay_steps else 1.0)
         xt, yt = (t.to(accelerator.device) for t in next(tgt))
         xs, ys = (t.to(accelerator.device) for t in next(src)) if src is not None else (xt[:0], yt[:0])
-        xa = augment_keep(xs, config.keep_augment) if config.keep_augment else xs[:0]
+        xa = augment_keep(xs, config.keep_augment) if config.keep_augment and len(xs) else xs[:0]
         n_aug = len(xa)
         if config.keep_adversarial and len(xs):
             xa = torch.cat([xa, adversarial_keep(raw, xs, config.keep_adversarial, config.temperature)])

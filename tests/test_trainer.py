@@ -272,9 +272,14 @@ def test_keep_adversarial_trains_and_is_reproducible(trained_digits_model, digit
     assert not all(torch.equal(masks[0][k], masks[2][k]) for k in masks[0]), "the copies changed nothing"
 
 
-def test_training_without_keep_data_runs_the_suppress_term_alone(trained_digits_model, digits_m):
+@pytest.mark.parametrize(
+    "settings", [{}, {"keep_augment": ("flip", "shift", "mixup"), "keep_adversarial": 0.03}], ids=["plain", "copies"]
+)
+def test_training_without_keep_data_runs_the_suppress_term_alone(trained_digits_model, digits_m, settings):
+    # The keep-data ablation: keep copies have no keep batch to copy.
     model = attach_masks(load_model(trained_digits_model[0])[0])
-    result = train_masks(model, None, digits_m.train, TrainConfig(steps=10, lr=0.2, eval_every=0), progress=False)
+    config = TrainConfig(**{**settings, "steps": 10, "lr": 0.2, "eval_every": 0})
+    result = train_masks(model, None, digits_m.train, config, progress=False)
     losses = [h for h in result.history if "keep" in h]
     assert losses and all(h["keep"] == 0.0 for h in losses)
     assert result.kept_fraction < 1.0
