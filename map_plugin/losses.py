@@ -5,7 +5,9 @@
 - keep: ``T^2 * KL(p_orig || p_masked)`` at temperature ``T``, plus ``ce_weight * CE`` where labels exist;
 - suppress: ``mean_i min(beta, CE(masked(x_i), y_i))`` on target samples; the clamp stops one sample from
   dominating once it is already wrong, and bounds the objective from below;
-- budget: ``relu(kept_fraction - budget_kept)``, only when a pruned fraction is asked for.
+- budget: ``relu(kept_fraction - budget_kept)``, only when a pruned fraction is asked for;
+- suppress level: the suppress term without the target samples labelled with the class the masked model
+  gives most; not a loss, the measure that ``TrainConfig.suppress_target`` holds a run to.
 
 A KL between the masked and the original model is zero with zero gradient at the start (the masks
 are all ones), so it cannot drive suppression: the suppress term is a clamped cross-entropy.

@@ -236,3 +236,6 @@ def test_source_free_through_accelerate_launch(tmp_path, trained_digits_model):
     report = json.loads((out / "report.json").read_text())
     assert REPORT_KEYS <= report.keys() and report["scenario"] == "source_free"
     assert "pseudo-source" in proc.stdout and "| digits-m | target |" in proc.stdout
+    # The source-free defaults set lambda per run, from 0.2, and say where it went.
+    assert report["lambda"]["start"] == 0.2 and report["lambda"]["suppress_target"] == 4.5
+    assert "suppress weight lambda 0.2 ->" in (out / "report.md").read_text()
