@@ -108,7 +108,7 @@ def format_table(report: dict) -> str:
         lines.insert(
             -1,
             f"- suppress weight lambda {lam['start']:.3g} -> {lam['end']:.3g}, set by the run to hold the "
-            f"suppress term at {lam['suppress_target']:.3g}",
+            f"suppress level at {lam['suppress_target']:.3g}",
         )
     if "structure" in report:
         s, lat = report["structure"], report["latency_ms"]
